@@ -1,0 +1,10 @@
+from .camc import (
+    CALIBRATIONS,
+    CamcHead,
+    CamcOutput,
+    ClassCalibration,
+    GlobalCalibration,
+    LinearClassifier,
+    NormedLinear,
+    l2_normalize,
+)

@@ -1,0 +1,355 @@
+""" Class Activation Map Calibration (CAMC) head
+
+A classifier head for long-tailed recognition that pools the final feature map with weights derived from
+calibrated class activation maps instead of a plain global average, on top of a cosine-normalised classifier.
+
+Paper: `Calibrating Class Activation Maps for Long-Tailed Visual Recognition` - https://arxiv.org/abs/2108.12757
+(Zhang, Lin, Lai, Ding, Wu, 2021). Only the abstract is available to this project: the calibration variants below
+are the reconstruction documented in the project's CAMC notes, not a port of official code.
+
+Notation (per image): ``F`` the C x N final feature map (N = H * W), ``W`` the K x C classifier weights,
+``P`` a K x C buffer of class prototypes (EMA of L2-normalised pooled features, updated from labels in training).
+A hat is L2 normalisation. Every calibration computes pooling weights ``a = (1 + A) / sum(1 + A)`` from a map
+``A = sigmoid(phi([standardise(M), R]))`` where ``M`` is a class activation map, ``R`` a prototype-correlation
+map and ``phi`` one small conv shared by all classes. ``phi`` starts at zero, so at initialisation ``A`` is flat
+and the head equals its plain (cosine) classifier.
+
+* ``'global'`` (variant B): expected maps under the detached plain prediction ``q``:
+  ``M = (q W) F``, ``R = (q P_hat) F_hat``; one calibrated pooled feature ``g`` scored by the classifier.
+  Cost O(B * C * N) on top of the classifier, for any K.
+* ``'class'`` (variant A): one map per class, ``M_k = W_k F``, ``R_k = P_hat_k F_hat``, and a pooled feature
+  per class ``g_k``; scored without materialising B x K x C via ``<w_k, g_k> = sum_p a_kp M_kp`` and
+  ``|g_k|^2 = a_k^T (F^T F) a_k``. Cost O(B * K * C * N).
+
+Copyright 2026, the timm-camc authors. Apache-2.0.
+"""
+import math
+from typing import Dict, NamedTuple, Optional, Tuple, Type
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm.layers import SelectAdaptivePool2d
+
+__all__ = [
+    'CamcOutput', 'NormedLinear', 'LinearClassifier', 'GlobalCalibration', 'ClassCalibration', 'CamcHead',
+    'l2_normalize', 'CALIBRATIONS',
+]
+
+
+class CamcOutput(NamedTuple):
+    """What a CAMC model returns from ``model(x, target)`` in training.
+
+    Attributes:
+        logits: The logits used for prediction (calibrated when CAMC is on).
+        aux_logits: The plain (un-calibrated) classifier logits, or None when the head has no calibration.
+        aux_weight: Weight of the auxiliary loss on ``aux_logits`` (a model hyper-parameter).
+    """
+    logits: torch.Tensor
+    aux_logits: Optional[torch.Tensor]
+    aux_weight: float
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
+    """L2-normalise along ``dim``, computing the norm in float32 and returning the input dtype.
+
+    Squares overflow float16 beyond 256 and the default ``1e-12`` eps underflows it, so the norm is never
+    taken in reduced precision.
+    """
+    return F.normalize(x.float(), dim=dim, eps=eps).to(x.dtype)
+
+
+def _standardise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero-mean, unit-variance over the last dim (the spatial positions of a map)."""
+    mean = x.mean(-1, keepdim=True)
+    std = x.std(-1, correction=0, keepdim=True)
+    return (x - mean) / (std + eps)
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier: ``logits_k = s * <w_k / |w_k|, x / |x|>``.
+
+    Weights are initialised like ``nn.Linear`` (uniform +-1/sqrt(in_features)): with normalised weights the
+    weight norm sets the effective learning rate of the weight direction, so the init must match a linear
+    baseline for comparisons to be fair.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            out_features: int,
+            scale: float = 16.,
+            learn_scale: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            in_features: Feature dimension.
+            out_features: Number of classes.
+            scale: The scalar ``s`` multiplying the cosine similarities.
+            learn_scale: Make ``s`` a trainable parameter initialised at ``scale``.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if scale <= 0:
+            raise ValueError(f'NormedLinear scale must be positive, got {scale}')
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **dd))
+        if learn_scale:
+            self.scale = nn.Parameter(torch.full((), float(scale), **dd))
+        else:
+            self.scale = float(scale)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def map_weight(self) -> torch.Tensor:
+        """Weights used to compute class activation maps (normalised rows)."""
+        return l2_normalize(self.weight, dim=1)
+
+    def logits_from_projection(self, proj: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
+        """Logits from ``<w_hat_k, g>`` and ``|g|^2`` of a pooled feature ``g`` (broadcast over classes)."""
+        return self.scale * proj * torch.rsqrt(sq_norm.float().clamp_min(1e-12)).to(proj.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(l2_normalize(x, dim=-1), self.map_weight())
+
+    def extra_repr(self) -> str:
+        return f'in_features={self.in_features}, out_features={self.out_features}, scale={float(self.scale):.4g}'
+
+
+class LinearClassifier(nn.Linear):
+    """``nn.Linear`` with the two hooks a calibration needs, so CAMC also runs on a plain linear classifier."""
+
+    def map_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def logits_from_projection(self, proj: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
+        return proj + self.bias
+
+
+class _Calibration(nn.Module):
+    """Shared parts of the calibrations: the map conv ``phi`` and the class prototypes."""
+
+    def __init__(
+            self,
+            num_features: int,
+            num_classes: int,
+            momentum: float = 0.9,
+            kernel_size: int = 3,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if not 0. <= momentum < 1.:
+            raise ValueError(f'prototype momentum must be in [0, 1), got {momentum}')
+        self.momentum = momentum
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, **dd)
+        self.register_buffer('prototypes', torch.zeros(num_classes, num_features, **dd))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # zero phi: A is flat at init, so the head starts exactly as its plain classifier
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def _pool_weights(self, m: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Pooling weights ``a`` (..., N) from activation maps ``m`` and prototype maps ``r``, both (B, G, H, W)."""
+        B, G, H, W = m.shape
+        maps = torch.stack([_standardise(m.flatten(2)).reshape(B, G, H, W), r], dim=2)
+        attn = torch.sigmoid(self.conv(maps.reshape(B * G, 2, H, W))).reshape(B, G, H * W)
+        attn = 1. + attn
+        return attn / attn.sum(-1, keepdim=True)
+
+    @torch.no_grad()
+    def update_prototypes(self, pooled: torch.Tensor, target: torch.Tensor) -> None:
+        """EMA update of the prototypes of the classes present in the batch (summed over DDP ranks)."""
+        feats = l2_normalize(pooled.detach(), dim=-1).to(self.prototypes.dtype)
+        sums = torch.zeros_like(self.prototypes).index_add_(0, target, feats)
+        counts = torch.zeros_like(self.prototypes[:, 0]).index_add_(0, target, torch.ones_like(feats[:, 0]))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        present = (counts > 0).unsqueeze(1)
+        means = sums / counts.clamp_min(1.).unsqueeze(1)
+        updated = self.momentum * self.prototypes + (1. - self.momentum) * means
+        self.prototypes.copy_(torch.where(present, updated, self.prototypes))
+
+
+class GlobalCalibration(_Calibration):
+    """Variant B: one calibrated map per image from the prediction-weighted class maps."""
+
+    def _pooled(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        q = torch.softmax(logits.detach().float(), dim=-1).to(x.dtype)
+        u = q @ weight.to(x.dtype)  # B x C, expected classifier direction
+        v = q @ l2_normalize(self.prototypes, dim=1).to(x.dtype)  # B x C, expected prototype
+        m = torch.einsum('bc,bchw->bhw', u, x).unsqueeze(1)
+        r = torch.einsum('bc,bchw->bhw', v, l2_normalize(x, dim=1)).unsqueeze(1)
+        a = self._pool_weights(m, r)  # B x 1 x N
+        return torch.bmm(x.flatten(2), a.transpose(1, 2)).squeeze(2)
+
+    def pre_logits(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The calibrated pooled feature ``g`` that the classifier scores."""
+        return self._pooled(x, weight, logits)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``<w_k, g>`` (B x K) and ``|g|^2`` (B x 1)."""
+        g = self._pooled(x, weight, logits)
+        return g @ weight.to(g.dtype).t(), g.float().pow(2).sum(-1, keepdim=True)
+
+
+class ClassCalibration(_Calibration):
+    """Variant A: a calibrated map and pooled feature per class."""
+
+    def pre_logits(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Class-specific pooling has no single pooled feature: the plain average is returned."""
+        return x.mean((2, 3))
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``<w_k, g_k>`` and ``|g_k|^2``, both B x K."""
+        weight = weight.to(x.dtype)
+        m = torch.einsum('kc,bchw->bkhw', weight, x)
+        r = torch.einsum('kc,bchw->bkhw', l2_normalize(self.prototypes, dim=1).to(x.dtype), l2_normalize(x, dim=1))
+        a = self._pool_weights(m, r)  # B x K x N
+        proj = (a * m.flatten(2)).sum(-1)
+        flat = x.flatten(2)
+        gram = torch.bmm(flat.transpose(1, 2), flat)  # B x N x N
+        sq_norm = (torch.bmm(a, gram) * a).sum(-1)
+        return proj, sq_norm
+
+
+CALIBRATIONS: Dict[str, Type[_Calibration]] = {
+    'global': GlobalCalibration,  # variant B
+    'class': ClassCalibration,  # variant A
+}
+
+
+class CamcHead(nn.Module):
+    """Pooling + (cosine) classifier + optional CAM calibration.
+
+    ``forward(x)`` maps an unpooled feature map to logits and needs no labels. In training,
+    ``forward_train(x, target)`` also updates the class prototypes and returns the plain logits for the
+    auxiliary loss. ``num_classes=0`` gives pooled features, and ``pool_type=''`` with it the unpooled map.
+    """
+    class_tensors = ('fc.weight', 'fc.bias', 'calib.prototypes')  # state-dict entries sized by num_classes
+
+    def __init__(
+            self,
+            in_features: int,
+            num_classes: int,
+            pool_type: str = 'avg',
+            camc: Optional[str] = 'global',
+            norm_classifier: bool = True,
+            scale: float = 16.,
+            learn_scale: bool = False,
+            proto_momentum: float = 0.9,
+            aux_weight: float = 0.5,
+            drop_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            in_features: Channels of the feature map.
+            num_classes: Number of classes, 0 to remove the classifier.
+            pool_type: Global pooling for the plain logits and pre-logits ('' only with ``num_classes=0``).
+            camc: Calibration variant, one of ``CALIBRATIONS`` ('global', 'class'), or None / '' / 'none' for none.
+            norm_classifier: Cosine classifier with scale ``s`` (True) or a plain linear one (False).
+            scale: The cosine classifier scale ``s``.
+            learn_scale: Learn ``s``.
+            proto_momentum: EMA momentum of the class prototypes.
+            aux_weight: Weight of the auxiliary loss on the plain logits (carried in ``CamcOutput``).
+            drop_rate: Dropout on the final feature map in training.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+        camc = None if camc in (None, '', 'none') else camc
+        if camc is not None and camc not in CALIBRATIONS:
+            raise ValueError(f'Unknown camc mode {camc!r}, expected one of {sorted(CALIBRATIONS)} or None')
+        if not pool_type and num_classes:
+            raise ValueError('Pooling can only be disabled (pool_type=\'\') together with num_classes=0')
+        if aux_weight < 0:
+            raise ValueError(f'aux_weight must be >= 0, got {aux_weight}')
+        self.num_classes = num_classes
+        self.camc = camc
+        self.aux_weight = float(aux_weight)
+        self.drop_rate = drop_rate
+        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+        pooled_features = in_features * self.global_pool.feat_mult()
+
+        self.calib: Optional[_Calibration] = None
+        if num_classes == 0:
+            self.fc = nn.Identity()
+        else:
+            if norm_classifier:
+                self.fc = NormedLinear(pooled_features, num_classes, scale=scale, learn_scale=learn_scale, **dd)
+            else:
+                self.fc = LinearClassifier(pooled_features, num_classes, **dd)
+            if camc is not None:
+                if pooled_features != in_features:
+                    raise ValueError(f'CAMC needs a pooling that keeps the channel count, not {pool_type!r}')
+                self.calib = CALIBRATIONS[camc](in_features, num_classes, momentum=proto_momentum, **dd)
+
+    def reset_parameters(self) -> None:
+        if hasattr(self.fc, 'reset_parameters'):
+            self.fc.reset_parameters()
+        if self.calib is not None:
+            self.calib.reset_parameters()
+
+    def _logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, plain logits, plain pooled features) of a feature map."""
+        pooled = self.global_pool(x)
+        plain = self.fc(pooled)
+        if self.calib is None:
+            return plain, plain, pooled
+        proj, sq_norm = self.calib(x, self.fc.map_weight(), plain)
+        return self.fc.logits_from_projection(proj, sq_norm), plain, pooled
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        if pre_logits:
+            pooled = self.global_pool(x)
+            if self.calib is None:
+                return pooled
+            return self.calib.pre_logits(x, self.fc.map_weight(), self.fc(pooled))
+        return self._logits(x)[0]
+
+    @torch.jit.unused
+    def forward_train(self, x: torch.Tensor, target: torch.Tensor) -> CamcOutput:
+        """Training forward with labels: updates the prototypes and returns both logits.
+
+        Args:
+            x: Unpooled feature map (B, C, H, W).
+            target: Class indices (B,), int64 in [0, num_classes).
+        """
+        self._check_target(target, x.shape[0])
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        logits, plain, pooled = self._logits(x)
+        if self.calib is None:
+            return CamcOutput(logits, None, 0.)
+        self.calib.update_prototypes(pooled, target)
+        return CamcOutput(logits, plain, self.aux_weight)
+
+    def _check_target(self, target: torch.Tensor, batch_size: int) -> None:
+        if self.num_classes == 0:
+            raise ValueError('The classifier was removed (num_classes=0): there are no classes for the labels')
+        if target.dtype != torch.long or target.shape != (batch_size,):
+            raise ValueError(
+                f'target must be int64 class indices of shape ({batch_size},), got {target.dtype} of shape '
+                f'{tuple(target.shape)} (soft / mixup targets go to the loss, not to the model)')
+        in_range = ((target >= 0) & (target < self.num_classes)).all()
+        if torch.compiler.is_compiling():
+            torch._assert_async(in_range, f'labels out of range [0, {self.num_classes})')
+        elif target.device.type != 'meta' and not bool(in_range):
+            bad = target[(target < 0) | (target >= self.num_classes)].unique()[:10].tolist()
+            raise ValueError(f'labels out of range [0, {self.num_classes}): {bad}')

@@ -1,0 +1,1 @@
+from .camc_resnet import *

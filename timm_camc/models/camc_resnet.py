@@ -41,7 +41,7 @@ class CamcResNet(ResNet):
 
     ``model(x)`` returns logits in train and eval mode. In training, ``model(x, target)`` also updates the
     class prototypes from the labels and returns a ``CamcOutput`` (calibrated logits, plain logits and the
-    auxiliary-loss weight) for ``timm_camc.loss.CamcLoss``. With ``camc=None`` and ``norm_classifier=False``
+    auxiliary-loss weight) for ``timm_camc.loss.CamcLoss``. With ``camc='none'`` and ``norm_classifier=False``
     the model is a plain ResNet, so the same arch serves the ablation baselines.
     """
 
@@ -65,7 +65,7 @@ class CamcResNet(ResNet):
             drop_block_rate: float = 0.,
             zero_init_last: bool = True,
             block_args: Optional[Dict[str, Any]] = None,
-            camc: Optional[str] = 'global',
+            camc: str = 'global',
             norm_classifier: bool = True,
             cosine_scale: float = 16.,
             learn_scale: bool = False,
@@ -94,7 +94,8 @@ class CamcResNet(ResNet):
             drop_block_rate: DropBlock rate.
             zero_init_last: Zero-init the last BN of each residual branch.
             block_args: Extra kwargs for the blocks.
-            camc: Calibration variant ('global' = CAMC.md variant B, 'class' = variant A) or None for none.
+            camc: Calibration variant ('global' = CAMC.md variant B, 'class' = variant A) or 'none'. (timm's
+                ``create_model`` drops kwargs that are None, so None would select the default.)
             norm_classifier: Cosine-normalised classifier (True) or plain linear (False).
             cosine_scale: Scale ``s`` of the cosine classifier.
             learn_scale: Learn ``s``.
@@ -120,18 +121,17 @@ class CamcResNet(ResNet):
         act_layer = get_act_layer(act_layer)
         norm_layer = get_norm_layer(norm_layer)
 
-        # Stem
+        # Stem (module order matters: features_only runs the children in registration order)
         stem_stride = _STEM_STRIDE[stem_type]
-        if stem_type == 'cifar':
-            inplanes = stem_width
+        cifar = stem_type == 'cifar'
+        inplanes = stem_width if cifar else 64
+        if cifar:
             self.conv1 = nn.Conv2d(in_chans, inplanes, kernel_size=3, stride=1, padding=1, bias=False, **dd)
-            self.maxpool = nn.Identity()
         else:
-            inplanes = 64
             self.conv1 = nn.Conv2d(in_chans, inplanes, kernel_size=7, stride=2, padding=3, bias=False, **dd)
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.bn1 = norm_layer(inplanes, **dd)
         self.act1 = act_layer(inplace=True)
+        self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.feature_info = [dict(num_chs=inplanes, reduction=stem_stride // 2 or 1, module='act1')]
 
         # Feature blocks. make_blocks counts strides from the ImageNet stem (4), so rescale for other stems.

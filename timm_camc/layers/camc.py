@@ -52,13 +52,18 @@ class CamcOutput(NamedTuple):
     aux_weight: float
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least float32: reductions (norms, softmax) never run in half precision."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
     """L2-normalise along ``dim``, computing the norm in float32 and returning the input dtype.
 
     Squares overflow float16 beyond 256 and the default ``1e-12`` eps underflows it, so the norm is never
     taken in reduced precision.
     """
-    return F.normalize(x.float(), dim=dim, eps=eps).to(x.dtype)
+    return F.normalize(_upcast(x), dim=dim, eps=eps).to(x.dtype)
 
 
 def _standardise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -114,7 +119,7 @@ class NormedLinear(nn.Module):
 
     def logits_from_projection(self, proj: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
         """Logits from ``<w_hat_k, g>`` and ``|g|^2`` of a pooled feature ``g`` (broadcast over classes)."""
-        return self.scale * proj * torch.rsqrt(sq_norm.float().clamp_min(1e-12)).to(proj.dtype)
+        return self.scale * proj * torch.rsqrt(_upcast(sq_norm).clamp_min(1e-12)).to(proj.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(l2_normalize(x, dim=-1), self.map_weight())
@@ -186,7 +191,7 @@ class GlobalCalibration(_Calibration):
     """Variant B: one calibrated map per image from the prediction-weighted class maps."""
 
     def _pooled(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        q = torch.softmax(logits.detach().float(), dim=-1).to(x.dtype)
+        q = torch.softmax(_upcast(logits.detach()), dim=-1).to(x.dtype)
         u = q @ weight.to(x.dtype)  # B x C, expected classifier direction
         v = q @ l2_normalize(self.prototypes, dim=1).to(x.dtype)  # B x C, expected prototype
         m = torch.einsum('bc,bchw->bhw', u, x).unsqueeze(1)
@@ -201,7 +206,7 @@ class GlobalCalibration(_Calibration):
     def forward(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns ``<w_k, g>`` (B x K) and ``|g|^2`` (B x 1)."""
         g = self._pooled(x, weight, logits)
-        return g @ weight.to(g.dtype).t(), g.float().pow(2).sum(-1, keepdim=True)
+        return g @ weight.to(g.dtype).t(), _upcast(g).pow(2).sum(-1, keepdim=True)
 
 
 class ClassCalibration(_Calibration):

@@ -1,0 +1,227 @@
+"""The CAMC head against a per-image, per-class reference implementation, plus its numerics and training state."""
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from timm_camc import CamcLoss
+from timm_camc.layers import CamcHead, CamcOutput, NormedLinear
+
+B, C, H, W, K = 3, 8, 4, 4, 5
+
+
+def _head(camc='global', norm_classifier=True, num_classes=K, channels=C, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    head = CamcHead(channels, num_classes, camc=camc, norm_classifier=norm_classifier, scale=16., dtype=dtype)
+    if head.calib is not None:  # leave the zero init so the reference checks a non-trivial map
+        nn.init.normal_(head.calib.conv.weight, std=0.5)
+        nn.init.normal_(head.calib.conv.bias, std=0.5)
+        head.calib.prototypes.copy_(torch.randn(num_classes, channels, dtype=dtype))
+    return head
+
+
+def _reference_logits(head, x):
+    """CAMC.md formulas written out per image and per class, materialising every pooled feature."""
+    fc, calib = head.fc, head.calib
+    normed = isinstance(fc, NormedLinear)
+    weight = F.normalize(fc.weight, dim=1) if normed else fc.weight
+
+    def score(k, g):
+        return fc.scale * weight[k] @ g / g.norm() if normed else weight[k] @ g + fc.bias[k]
+
+    def pool_weights(m, r):
+        m = (m - m.mean()) / (m.std(correction=0) + 1e-5)
+        maps = torch.stack([m, r]).reshape(1, 2, H, W)
+        a = 1 + torch.sigmoid(F.conv2d(maps, calib.conv.weight, calib.conv.bias, padding=1)).flatten()
+        return a / a.sum()
+
+    protos = F.normalize(calib.prototypes, dim=1)
+    out = torch.zeros(x.shape[0], weight.shape[0], dtype=x.dtype)
+    for b in range(x.shape[0]):
+        feat = x[b].reshape(C, H * W)
+        feat_hat = F.normalize(feat, dim=0)
+        mean = feat.mean(1)
+        plain = torch.stack([score(k, mean) for k in range(weight.shape[0])])
+        if head.camc == 'global':
+            q = plain.softmax(0)
+            m = sum(q[k] * weight[k] @ feat for k in range(weight.shape[0]))
+            r = sum(q[k] * protos[k] @ feat_hat for k in range(weight.shape[0]))
+            g = feat @ pool_weights(m, r)
+            out[b] = torch.stack([score(k, g) for k in range(weight.shape[0])])
+        else:
+            for k in range(weight.shape[0]):
+                g_k = feat @ pool_weights(weight[k] @ feat, protos[k] @ feat_hat)
+                out[b, k] = score(k, g_k)
+    return out
+
+
+@pytest.mark.parametrize('camc', ['global', 'class'])
+@pytest.mark.parametrize('norm_classifier', [True, False])
+def test_head_matches_reference(camc, norm_classifier):
+    head = _head(camc, norm_classifier).eval()
+    x = torch.rand(B, C, H, W, dtype=torch.float64)
+    torch.testing.assert_close(head(x), _reference_logits(head, x))
+
+
+@pytest.mark.parametrize('camc', ['global', 'class'])
+def test_zero_init_head_equals_plain_cosine_classifier(camc):
+    torch.manual_seed(0)
+    head = CamcHead(C, K, camc=camc, dtype=torch.float64)
+    head.calib.prototypes.normal_()
+    x = torch.rand(B, C, H, W, dtype=torch.float64)
+    plain = 16. * F.normalize(x.mean((2, 3)), dim=1) @ F.normalize(head.fc.weight, dim=1).t()
+    torch.testing.assert_close(head(x), plain)
+
+
+def test_normed_linear_init_matches_linear():
+    torch.manual_seed(0)
+    normed = NormedLinear(256, 100)
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 100)
+    torch.testing.assert_close(normed.weight, linear.weight)
+
+
+def test_pre_logits():
+    head = _head('global').eval()
+    x = torch.rand(B, C, H, W, dtype=torch.float64)
+    g = head(x, pre_logits=True)
+    expected = 16. * F.normalize(g, dim=1) @ F.normalize(head.fc.weight, dim=1).t()
+    torch.testing.assert_close(head(x), expected)  # the classifier scores exactly the returned pre-logits
+    torch.testing.assert_close(_head('class')(x, pre_logits=True), x.mean((2, 3)))
+    torch.testing.assert_close(_head('none')(x, pre_logits=True), x.mean((2, 3)))
+
+
+class _RecordSizes(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize('camc', ['global', 'class'])
+def test_never_materialises_batch_by_classes_by_channels(camc):
+    batch, classes, channels, size = 4, 50, 64, 4  # B*K*C = 12800 > any legitimate tensor (B*C*N = 4096)
+    head = _head(camc, num_classes=classes, channels=channels, dtype=torch.float32).train()
+    x = torch.rand(batch, channels, size, size, requires_grad=True)
+    target = torch.randint(0, classes, (batch,))
+    with _RecordSizes() as rec:
+        out = head.forward_train(x, target)
+        CamcLoss(nn.CrossEntropyLoss())(out, target).backward()
+    assert rec.largest < batch * classes * channels
+
+
+@pytest.mark.parametrize('camc', ['global', 'class'])
+def test_channels_last_and_autocast(camc):
+    head = _head(camc, dtype=torch.float32).eval()
+    x = torch.rand(B, C, H, W)
+    ref = head(x)
+    torch.testing.assert_close(head(x.contiguous(memory_format=torch.channels_last)), ref)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        low = head(x.to(torch.bfloat16))
+    assert torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), ref, atol=0.25, rtol=0.05)
+
+
+def test_half_precision_large_activations_stay_finite():
+    head = _head('global', dtype=torch.float16).eval()
+    x = (torch.rand(B, C, H, W) * 300).half()  # squares overflow float16
+    out = head(x)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), head.float()(x.float()), atol=0.1, rtol=0.02)
+
+
+@pytest.mark.parametrize('camc', ['global', 'class'])
+def test_compiles_without_graph_breaks(camc):
+    head = _head(camc, dtype=torch.float32).train()
+    x, target = torch.rand(B, C, H, W), torch.tensor([0, 3, 3])
+    torch._dynamo.reset()
+    compiled = torch.compile(head, backend='eager', fullgraph=True)
+    torch.testing.assert_close(compiled(x), head(x))
+    train_step = torch.compile(head.forward_train, backend='eager', fullgraph=True)
+    before = head.calib.prototypes.clone()
+    out = train_step(x, target)
+    assert isinstance(out, CamcOutput)
+    assert not torch.equal(head.calib.prototypes, before)
+
+
+def test_prototype_ema_by_hand():
+    head = CamcHead(C, K, camc='global', proto_momentum=0.9, dtype=torch.float64).train()
+    f = torch.rand(4, C, dtype=torch.float64)
+    x = f[:, :, None, None].expand(4, C, H, W)  # pooled feature of image i is f[i]
+    target = torch.tensor([0, 0, 2, 2])
+    head.forward_train(x, target)
+    n = F.normalize(f, dim=1)
+    expected = torch.zeros(K, C, dtype=torch.float64)
+    expected[0] = 0.1 * (n[0] + n[1]) / 2
+    expected[2] = 0.1 * (n[2] + n[3]) / 2
+    torch.testing.assert_close(head.calib.prototypes, expected)
+
+    head.forward_train(x[:1], target[:1])
+    expected[0] = 0.9 * expected[0] + 0.1 * n[0]
+    torch.testing.assert_close(head.calib.prototypes, expected)
+
+    head(x)  # no labels: no update
+    torch.testing.assert_close(head.calib.prototypes, expected)
+
+
+def test_head_without_calibration_returns_plain_output():
+    head = _head('none').train()
+    x = torch.rand(B, C, H, W, dtype=torch.float64)
+    out = head.forward_train(x, torch.tensor([0, 1, 2]))
+    assert out.aux_logits is None and out.aux_weight == 0.
+    torch.testing.assert_close(out.logits, head(x))
+
+
+def test_camc_loss():
+    torch.manual_seed(0)
+    z, l, y = torch.randn(6, K), torch.randn(6, K), torch.randint(0, K, (6,))
+    loss = CamcLoss(nn.CrossEntropyLoss())
+    torch.testing.assert_close(loss(CamcOutput(z, l, 0.5), y), F.cross_entropy(z, y) + 0.5 * F.cross_entropy(l, y))
+    torch.testing.assert_close(loss(CamcOutput(z, None, 0.), y), F.cross_entropy(z, y))
+    torch.testing.assert_close(loss(z, y), F.cross_entropy(z, y))
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_classes=-1), 'num_classes'),
+    (dict(camc='D'), 'camc mode'),
+    (dict(pool_type=''), 'Pooling can only be disabled'),
+    (dict(pool_type='catavgmax'), 'keeps the channel count'),
+    (dict(scale=0.), 'scale'),
+    (dict(proto_momentum=1.), 'momentum'),
+    (dict(aux_weight=-1.), 'aux_weight'),
+])
+def test_bad_head_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CamcHead(C, **dict(dict(num_classes=K), **kwargs))
+
+
+def _ddp_worker(rank, world_size, init_file, x, target, out_path):
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
+    head = _head('global', dtype=torch.float64).train()
+    shard = slice(rank * 2, rank * 2 + 2)
+    head.forward_train(x[shard], target[shard])
+    if rank == 0:
+        torch.save(head.calib.prototypes, out_path)
+    dist.destroy_process_group()
+
+
+def test_prototypes_are_reduced_across_ddp_ranks(tmp_path):
+    torch.manual_seed(1)
+    x = torch.rand(4, C, H, W, dtype=torch.float64)
+    target = torch.tensor([1, 3, 1, 4])  # class 3 only on rank 0, class 4 only on rank 1
+    out_path = tmp_path / 'protos.pt'
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), x, target, str(out_path)), nprocs=2)
+    single = _head('global', dtype=torch.float64).train()
+    single.forward_train(x, target)
+    torch.testing.assert_close(torch.load(out_path), single.calib.prototypes)

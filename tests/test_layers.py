@@ -14,9 +14,10 @@ from timm_camc.layers import CamcHead, CamcOutput, NormedLinear
 B, C, H, W, K = 3, 8, 4, 4, 5
 
 
-def _head(camc='global', norm_classifier=True, num_classes=K, channels=C, dtype=torch.float64, seed=0):
+def _head(camc='global', norm_classifier=True, num_classes=K, channels=C, dtype=torch.float64, seed=0, topk=32):
     torch.manual_seed(seed)
-    head = CamcHead(channels, num_classes, camc=camc, norm_classifier=norm_classifier, scale=16., dtype=dtype)
+    head = CamcHead(
+        channels, num_classes, camc=camc, norm_classifier=norm_classifier, scale=16., topk=topk, dtype=dtype)
     if head.calib is not None:  # leave the zero init so the reference checks a non-trivial map
         nn.init.normal_(head.calib.conv.weight, std=0.5)
         nn.init.normal_(head.calib.conv.bias, std=0.5)
@@ -48,6 +49,9 @@ def _reference_logits(head, x):
         plain = torch.stack([score(k, mean) for k in range(weight.shape[0])])
         if head.camc == 'global':
             q = plain.softmax(0)
+            if 0 < calib.topk < len(q):  # only the topk most probable classes, renormalised
+                q = torch.where(q >= q.topk(calib.topk).values[-1], q, torch.zeros_like(q))
+                q = q / q.sum()
             m = sum(q[k] * weight[k] @ feat for k in range(weight.shape[0]))
             r = sum(q[k] * protos[k] @ feat_hat for k in range(weight.shape[0]))
             g = feat @ pool_weights(m, r)
@@ -59,10 +63,10 @@ def _reference_logits(head, x):
     return out
 
 
-@pytest.mark.parametrize('camc', ['global', 'class'])
+@pytest.mark.parametrize('camc, topk', [('global', 0), ('global', 2), ('class', 0)])
 @pytest.mark.parametrize('norm_classifier', [True, False])
-def test_head_matches_reference(camc, norm_classifier):
-    head = _head(camc, norm_classifier).eval()
+def test_head_matches_reference(camc, topk, norm_classifier):
+    head = _head(camc, norm_classifier, topk=topk).eval()
     x = torch.rand(B, C, H, W, dtype=torch.float64)
     torch.testing.assert_close(head(x), _reference_logits(head, x))
 

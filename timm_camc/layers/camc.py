@@ -15,11 +15,17 @@ map and ``phi`` one small conv shared by all classes. ``phi`` starts at zero, so
 and the head equals its plain (cosine) classifier.
 
 * ``'global'`` (variant B): expected maps under the detached plain prediction ``q``:
-  ``M = (q W) F``, ``R = (q P_hat) F_hat``; one calibrated pooled feature ``g`` scored by the classifier.
-  Cost O(B * C * N) on top of the classifier, for any K.
-* ``'class'`` (variant A): one map per class, ``M_k = W_k F``, ``R_k = P_hat_k F_hat``, and a pooled feature
+  ``M = (q W_hat) F``, ``R = (q P_hat) F_hat``; one calibrated pooled feature ``g`` scored by the classifier.
+  ``q`` is truncated to its ``topk`` most probable classes (renormalised; 32 by default, 0 for all), and the
+  class maps use ``W`` as a constant, as a CAM does: the classifier learns from the logits, the backbone from
+  the logits and the maps. Cost O(B * C * (N + topk)) on top of the classifier, for any K.
+* ``'class'`` (variant A): one map per class, ``M_k = W_hat_k F``, ``R_k = P_hat_k F_hat``, and a pooled feature
   per class ``g_k``; scored without materialising B x K x C via ``<w_k, g_k> = sum_p a_kp M_kp`` and
   ``|g_k|^2 = a_k^T (F^T F) a_k``. Cost O(B * K * C * N).
+
+Large K is memory-bound, not FLOP-bound: the classifier rows are never normalised into a K x C copy (logits are
+scaled by ``1 / |w_k|`` instead), the plain and calibrated features share one product with ``W``, and the
+prototype update touches only the rows of the classes in the batch.
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
@@ -64,6 +70,11 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Ten
     taken in reduced precision.
     """
     return F.normalize(_upcast(x), dim=dim, eps=eps).to(x.dtype)
+
+
+def _sq_norm(x: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm over the last dim, kept as a column, in at least float32."""
+    return _upcast(x).pow(2).sum(-1, keepdim=True)
 
 
 def _standardise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -113,16 +124,21 @@ class NormedLinear(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
-    def map_weight(self) -> torch.Tensor:
-        """Weights used to compute class activation maps (normalised rows)."""
-        return l2_normalize(self.weight, dim=1)
+    def row_scale(self) -> torch.Tensor:
+        """``1 / |w_k|`` per class. The rows are never normalised into a K x C copy: at large K that copy and its
+        backward cost more memory traffic than the matrix product itself."""
+        norm = torch.linalg.vector_norm(_upcast(self.weight), dim=1)
+        return norm.clamp_min(1e-6).reciprocal().to(self.weight.dtype)
 
-    def logits_from_projection(self, proj: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
-        """Logits from ``<w_hat_k, g>`` and ``|g|^2`` of a pooled feature ``g`` (broadcast over classes)."""
-        return self.scale * proj * torch.rsqrt(_upcast(sq_norm).clamp_min(1e-12)).to(proj.dtype)
+    def logits_from_projection(
+            self, proj: torch.Tensor, sq_norm: torch.Tensor, row_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits from raw projections ``<w_k, g>`` (B x K), ``|g|^2`` (B x 1 or B x K) and ``row_scale()``."""
+        inv_feat_norm = torch.rsqrt(_upcast(sq_norm).clamp_min(1e-12)).to(proj.dtype)
+        return self.scale * proj * inv_feat_norm * row_scale.to(proj.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.linear(l2_normalize(x, dim=-1), self.map_weight())
+        return self.logits_from_projection(F.linear(x, self.weight), _sq_norm(x), self.row_scale())
 
     def extra_repr(self) -> str:
         return f'in_features={self.in_features}, out_features={self.out_features}, scale={float(self.scale):.4g}'
@@ -131,21 +147,31 @@ class NormedLinear(nn.Module):
 class LinearClassifier(nn.Linear):
     """``nn.Linear`` with the two hooks a calibration needs, so CAMC also runs on a plain linear classifier."""
 
-    def map_weight(self) -> torch.Tensor:
-        return self.weight
+    def row_scale(self) -> torch.Tensor:
+        """Class maps of a linear classifier use the raw weights."""
+        return torch.ones_like(self.weight[:, 0])
 
-    def logits_from_projection(self, proj: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
+    def logits_from_projection(
+            self, proj: torch.Tensor, sq_norm: torch.Tensor, row_scale: torch.Tensor,
+    ) -> torch.Tensor:
         return proj + self.bias
 
 
 class _Calibration(nn.Module):
-    """Shared parts of the calibrations: the map conv ``phi`` and the class prototypes."""
+    """Shared parts of the calibrations: the map conv ``phi`` and the class prototypes.
+
+    ``forward(x, pooled, weight, row_scale, logits)`` takes the feature map, its plain pooled feature, the raw
+    classifier weights, the per-class scale that normalises them (``1 / |w_k|`` for the cosine classifier) and the
+    detached plain logits. It returns the raw projections ``<w_k, .>`` and squared norms of the plain pooled feature
+    and of the calibrated one(s), for the classifier's ``logits_from_projection``.
+    """
 
     def __init__(
             self,
             num_features: int,
             num_classes: int,
             momentum: float = 0.9,
+            topk: int = 32,
             kernel_size: int = 3,
             device=None,
             dtype=None,
@@ -154,7 +180,10 @@ class _Calibration(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         if not 0. <= momentum < 1.:
             raise ValueError(f'prototype momentum must be in [0, 1), got {momentum}')
+        if topk < 0:
+            raise ValueError(f'topk must be >= 0 (0: all classes), got {topk}')
         self.momentum = momentum
+        self.topk = topk if 0 < topk < num_classes else 0  # 0: all classes
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, **dd)
         self.register_buffer('prototypes', torch.zeros(num_classes, num_features, **dd))
         self.reset_parameters()
@@ -165,7 +194,7 @@ class _Calibration(nn.Module):
         nn.init.zeros_(self.conv.bias)
 
     def _pool_weights(self, m: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """Pooling weights ``a`` (..., N) from activation maps ``m`` and prototype maps ``r``, both (B, G, H, W)."""
+        """Pooling weights ``a`` (B, G, N) from activation maps ``m`` and prototype maps ``r``, both (B, G, H, W)."""
         B, G, H, W = m.shape
         maps = torch.stack([_standardise(m.flatten(2)).reshape(B, G, H, W), r], dim=2)
         attn = torch.sigmoid(self.conv(maps.reshape(B * G, 2, H, W))).reshape(B, G, H * W)
@@ -174,59 +203,91 @@ class _Calibration(nn.Module):
 
     @torch.no_grad()
     def update_prototypes(self, pooled: torch.Tensor, target: torch.Tensor) -> None:
-        """EMA update of the prototypes of the classes present in the batch (summed over DDP ranks)."""
+        """EMA update of the prototypes of the classes in the batch (gathered over DDP ranks).
+
+        Touches only the rows of those classes: O(B * C) work, whatever the number of classes. Under DDP every
+        rank must pass the same batch size (timm's training loader drops the last incomplete batch).
+        """
         feats = l2_normalize(pooled.detach(), dim=-1).to(self.prototypes.dtype)
-        sums = torch.zeros_like(self.prototypes).index_add_(0, target, feats)
-        counts = torch.zeros_like(self.prototypes[:, 0]).index_add_(0, target, torch.ones_like(feats[:, 0]))
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(sums)
-            dist.all_reduce(counts)
-        present = (counts > 0).unsqueeze(1)
-        means = sums / counts.clamp_min(1.).unsqueeze(1)
-        updated = self.momentum * self.prototypes + (1. - self.momentum) * means
-        self.prototypes.copy_(torch.where(present, updated, self.prototypes))
+            world = dist.get_world_size()
+            all_feats = feats.new_empty((world * feats.shape[0], feats.shape[1]))
+            all_target = target.new_empty((world * target.shape[0],))
+            dist.all_gather_into_tensor(all_feats, feats.contiguous())
+            dist.all_gather_into_tensor(all_target, target.contiguous())
+            feats, target = all_feats, all_target
+        same = (target.unsqueeze(0) == target.unsqueeze(1)).to(feats.dtype)  # B x B, same class
+        class_means = (same @ feats) / same.sum(1, keepdim=True)  # each sample's class mean in the batch
+        updated = self.momentum * self.prototypes[target] + (1. - self.momentum) * class_means
+        self.prototypes.index_copy_(0, target, updated)  # rows of one class are identical: duplicates agree
 
 
 class GlobalCalibration(_Calibration):
-    """Variant B: one calibrated map per image from the prediction-weighted class maps."""
+    """Variant B: one calibrated map per image from the prediction-weighted class maps.
 
-    def _pooled(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    With ``topk > 0`` the expected class direction and prototype are taken over the ``topk`` most probable
+    classes (renormalised), which avoids two K x C products per step at large K; ``topk=0`` uses all classes.
+    """
+
+    def _expected_directions(
+            self, weight: torch.Tensor, row_scale: torch.Tensor, q: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``u = sum_k q_k w_k / |w_k|`` and ``v = sum_k q_k p_k / |p_k|``, both B x C."""
+        if self.topk:
+            q, idx = q.topk(self.topk, dim=1)
+            q = q / q.sum(1, keepdim=True)
+            w = weight[idx] * row_scale[idx].unsqueeze(-1)  # B x T x C
+            p = l2_normalize(self.prototypes[idx], dim=-1)
+            return torch.bmm(q.unsqueeze(1), w).squeeze(1), torch.bmm(q.unsqueeze(1), p.to(q.dtype)).squeeze(1)
+        p_scale = torch.linalg.vector_norm(_upcast(self.prototypes), dim=1).clamp_min(1e-6).reciprocal()
+        return (q * row_scale) @ weight, (q * p_scale.to(q.dtype)) @ self.prototypes.to(q.dtype)
+
+    def pre_logits(
+            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+    ) -> torch.Tensor:
+        """The calibrated pooled feature ``g`` that the classifier scores."""
+        # the class maps use the classifier as a CAM does, as a constant: the classifier learns from the logits,
+        # the backbone from both (and no K x C gradient arises outside the logits product)
         q = torch.softmax(_upcast(logits.detach()), dim=-1).to(x.dtype)
-        u = q @ weight.to(x.dtype)  # B x C, expected classifier direction
-        v = q @ l2_normalize(self.prototypes, dim=1).to(x.dtype)  # B x C, expected prototype
+        u, v = self._expected_directions(weight.detach().to(x.dtype), row_scale.detach().to(x.dtype), q)
         m = torch.einsum('bc,bchw->bhw', u, x).unsqueeze(1)
         r = torch.einsum('bc,bchw->bhw', v, l2_normalize(x, dim=1)).unsqueeze(1)
         a = self._pool_weights(m, r)  # B x 1 x N
         return torch.bmm(x.flatten(2), a.transpose(1, 2)).squeeze(2)
 
-    def pre_logits(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The calibrated pooled feature ``g`` that the classifier scores."""
-        return self._pooled(x, weight, logits)
-
-    def forward(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``<w_k, g>`` (B x K) and ``|g|^2`` (B x 1)."""
-        g = self._pooled(x, weight, logits)
-        return g @ weight.to(g.dtype).t(), _upcast(g).pow(2).sum(-1, keepdim=True)
+    def forward(
+            self, x: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor,
+            logits: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = self.pre_logits(x, weight, row_scale, logits)
+        feats = torch.cat([pooled.to(g.dtype), g])  # one product with W for both: half the K x C gradient traffic
+        proj, sq_norm = F.linear(feats, weight.to(g.dtype)).chunk(2), _sq_norm(feats).chunk(2)
+        return proj[0], sq_norm[0], proj[1], sq_norm[1]
 
 
 class ClassCalibration(_Calibration):
-    """Variant A: a calibrated map and pooled feature per class."""
+    """Variant A: a calibrated map and pooled feature per class (``topk`` is not used)."""
 
-    def pre_logits(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def pre_logits(
+            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+    ) -> torch.Tensor:
         """Class-specific pooling has no single pooled feature: the plain average is returned."""
         return x.mean((2, 3))
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``<w_k, g_k>`` and ``|g_k|^2``, both B x K."""
-        weight = weight.to(x.dtype)
-        m = torch.einsum('kc,bchw->bkhw', weight, x)
-        r = torch.einsum('kc,bchw->bkhw', l2_normalize(self.prototypes, dim=1).to(x.dtype), l2_normalize(x, dim=1))
-        a = self._pool_weights(m, r)  # B x K x N
+    def forward(
+            self, x: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor,
+            logits: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The calibrated projection ``<w_k, g_k>`` and ``|g_k|^2`` are B x K."""
+        m = torch.einsum('kc,bchw->bkhw', weight.to(x.dtype), x)  # raw class maps
+        p = l2_normalize(self.prototypes, dim=1).to(x.dtype)
+        r = torch.einsum('kc,bchw->bkhw', p, l2_normalize(x, dim=1))
+        a = self._pool_weights(m * row_scale.to(x.dtype)[:, None, None], r)  # B x K x N
         proj = (a * m.flatten(2)).sum(-1)
         flat = x.flatten(2)
         gram = torch.bmm(flat.transpose(1, 2), flat)  # B x N x N
         sq_norm = (torch.bmm(a, gram) * a).sum(-1)
-        return proj, sq_norm
+        return F.linear(pooled, weight.to(pooled.dtype)), _sq_norm(pooled), proj, sq_norm
 
 
 CALIBRATIONS: Dict[str, Type[_Calibration]] = {
@@ -254,6 +315,7 @@ class CamcHead(nn.Module):
             scale: float = 16.,
             learn_scale: bool = False,
             proto_momentum: float = 0.9,
+            topk: int = 32,
             aux_weight: float = 0.5,
             drop_rate: float = 0.,
             device=None,
@@ -269,6 +331,7 @@ class CamcHead(nn.Module):
             scale: The cosine classifier scale ``s``.
             learn_scale: Learn ``s``.
             proto_momentum: EMA momentum of the class prototypes.
+            topk: 'global' calibration over the ``topk`` most probable classes only (0: all classes).
             aux_weight: Weight of the auxiliary loss on the plain logits (carried in ``CamcOutput``).
             drop_rate: Dropout on the final feature map in training.
         """
@@ -301,7 +364,8 @@ class CamcHead(nn.Module):
             if camc is not None:
                 if pooled_features != in_features:
                     raise ValueError(f'CAMC needs a pooling that keeps the channel count, not {pool_type!r}')
-                self.calib = CALIBRATIONS[camc](in_features, num_classes, momentum=proto_momentum, **dd)
+                self.calib = CALIBRATIONS[camc](
+                    in_features, num_classes, momentum=proto_momentum, topk=topk, **dd)
 
     def reset_parameters(self) -> None:
         if hasattr(self.fc, 'reset_parameters'):
@@ -312,11 +376,15 @@ class CamcHead(nn.Module):
     def _logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, plain logits, plain pooled features) of a feature map."""
         pooled = self.global_pool(x)
-        plain = self.fc(pooled)
         if self.calib is None:
+            plain = self.fc(pooled)
             return plain, plain, pooled
-        proj, sq_norm = self.calib(x, self.fc.map_weight(), plain)
-        return self.fc.logits_from_projection(proj, sq_norm), plain, pooled
+        weight, row_scale = self.fc.weight, self.fc.row_scale()
+        with torch.no_grad():  # the prediction that weights the class maps
+            q_logits = self.fc.logits_from_projection(F.linear(pooled, weight), _sq_norm(pooled), row_scale)
+        proj_plain, sq_plain, proj, sq_norm = self.calib(x, pooled, weight, row_scale, q_logits)
+        plain = self.fc.logits_from_projection(proj_plain, sq_plain, row_scale)
+        return self.fc.logits_from_projection(proj, sq_norm, row_scale), plain, pooled
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.drop_rate:
@@ -325,7 +393,7 @@ class CamcHead(nn.Module):
             pooled = self.global_pool(x)
             if self.calib is None:
                 return pooled
-            return self.calib.pre_logits(x, self.fc.map_weight(), self.fc(pooled))
+            return self.calib.pre_logits(x, self.fc.weight, self.fc.row_scale(), self.fc(pooled))
         return self._logits(x)[0]
 
     @torch.jit.unused

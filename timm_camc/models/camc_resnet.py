@@ -70,6 +70,7 @@ class CamcResNet(ResNet):
             cosine_scale: float = 16.,
             learn_scale: bool = False,
             proto_momentum: float = 0.9,
+            camc_topk: int = 32,
             aux_weight: float = 0.5,
             device=None,
             dtype=None,
@@ -100,6 +101,7 @@ class CamcResNet(ResNet):
             cosine_scale: Scale ``s`` of the cosine classifier.
             learn_scale: Learn ``s``.
             proto_momentum: EMA momentum of the class prototypes.
+            camc_topk: 'global' calibration over the most probable ``camc_topk`` classes only (0: all classes).
             aux_weight: Weight of the auxiliary cross-entropy on the plain classifier logits.
         """
         # ResNet.__init__ hard-codes the 64-channel ImageNet stem and timm's linear head; both are built here
@@ -167,6 +169,7 @@ class CamcResNet(ResNet):
             scale=cosine_scale,
             learn_scale=learn_scale,
             proto_momentum=proto_momentum,
+            topk=camc_topk,
             aux_weight=aux_weight,
             drop_rate=drop_rate,
         )

@@ -1,0 +1,132 @@
+""" Long-tailed training and validation datasets from a folder tree, list files or timm's dataset sources
+
+Copyright 2026, the timm-camc authors. Apache-2.0.
+"""
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Tuple
+
+import torch.utils.data
+
+from timm.data import create_dataset
+
+from .dataset import ImageListDataset, LongTailSubset, dataset_targets
+from .long_tail import long_tail_counts, long_tail_indices, read_list_file, write_list_file
+
+__all__ = ['LongTailInfo', 'create_lt_datasets', 'class_counts_of']
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LongTailInfo:
+    """What a run needs to know about its training set (saved with checkpoints and results)."""
+    num_classes: int
+    class_counts: List[int]
+    class_names: Optional[List[str]] = None
+    imbalance: float = 0.
+    profile: str = ''
+    seed: int = 0
+    subset_list: str = ''  # list file of the long-tailed training subset, when one was built from files
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def class_counts_of(targets: List[int], num_classes: int) -> List[int]:
+    counts = [0] * num_classes
+    for t in targets:
+        counts[t] += 1
+    return counts
+
+
+def _folder_or_list(root: str, split: str, list_file: str, class_to_idx=None, skip_corrupt=False) -> ImageListDataset:
+    if list_file:
+        return ImageListDataset(root, read_list_file(list_file), skip_corrupt=skip_corrupt)
+    return ImageListDataset.from_folder(os.path.join(root, split), class_to_idx=class_to_idx, skip_corrupt=skip_corrupt)
+
+
+def create_lt_datasets(
+        data_dir: str,
+        dataset: str = '',
+        train_split: str = 'train',
+        val_split: str = 'validation',
+        train_list: str = '',
+        val_list: str = '',
+        download: bool = False,
+        imbalance: float = 0.,
+        profile: str = 'exp',
+        lt_seed: int = 0,
+        num_classes: Optional[int] = None,
+        skip_corrupt: bool = False,
+        output_dir: str = '',
+) -> Tuple[torch.utils.data.Dataset, Optional[torch.utils.data.Dataset], LongTailInfo]:
+    """Training and validation datasets, the training set made long-tailed when ``imbalance > 1``.
+
+    Sources: ``train_list`` / ``val_list`` (``relative/path label`` files under ``data_dir``), a timm dataset name
+    such as ``torch/cifar10`` (with ``download``), or by default a class-per-folder tree ``data_dir/<split>/<class>``.
+    The validation split is left balanced. With ``output_dir``, the subset is written there as ``lt_train.txt``
+    (image datasets) and ``lt_subset.json`` so that the run can be reproduced exactly.
+
+    Raises:
+        FileNotFoundError: Missing data folder, list file or listed image.
+        ValueError: No images, a class without training images, labels beyond ``num_classes``.
+    """
+    if dataset.startswith(('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')):
+        train_ds = create_dataset(dataset, root=data_dir, split=train_split, is_training=True, download=download)
+        val_ds = create_dataset(dataset, root=data_dir, split=val_split, download=download) if val_split else None
+    elif dataset:
+        raise ValueError(f'Unknown dataset source {dataset!r}: leave it empty for an image folder or list files, '
+                         f'or use one of timm\'s sources such as torch/cifar10')
+    else:
+        if not os.path.isdir(data_dir):
+            raise FileNotFoundError(f'Data folder not found: {data_dir!r}')
+        train_ds = _folder_or_list(data_dir, train_split, train_list, skip_corrupt=skip_corrupt)
+        class_to_idx = None
+        if train_ds.class_names is not None:
+            class_to_idx = {n: i for i, n in enumerate(train_ds.class_names)}
+        val_ds = None
+        if val_list or val_split:
+            val_ds = _folder_or_list(data_dir, val_split, val_list, class_to_idx, skip_corrupt=skip_corrupt)
+
+    targets = dataset_targets(train_ds)
+    class_names = getattr(train_ds, 'class_names', None) or getattr(train_ds, 'classes', None)
+    num_classes = num_classes or (len(class_names) if class_names else max(targets) + 1)
+    bad = sorted({t for t in targets if not 0 <= t < num_classes})
+    if bad:
+        raise ValueError(f'Training labels {bad[:10]} are outside [0, {num_classes}): check --num-classes')
+    full_counts = class_counts_of(targets, num_classes)
+
+    info = LongTailInfo(num_classes=num_classes, class_counts=full_counts,
+                        class_names=list(class_names) if class_names else None)
+    if imbalance and imbalance > 1:
+        wanted = long_tail_counts(max(full_counts), num_classes, imbalance, profile)
+        indices = long_tail_indices(targets, wanted, seed=lt_seed, class_names=class_names)
+        if isinstance(train_ds, ImageListDataset):
+            train_ds = ImageListDataset(
+                train_ds.root, [train_ds.samples[i] for i in indices], class_names=train_ds.class_names,
+                skip_corrupt=skip_corrupt)
+        else:
+            train_ds = LongTailSubset(train_ds, indices)
+        info.class_counts = class_counts_of(dataset_targets(train_ds), num_classes)
+        info.imbalance, info.profile, info.seed = float(imbalance), profile, lt_seed
+        if output_dir:
+            if isinstance(train_ds, ImageListDataset):
+                info.subset_list = os.path.join(output_dir, 'lt_train.txt')
+                write_list_file(
+                    info.subset_list, train_ds.samples,
+                    header=f'long-tailed subset of {train_ds.root}: profile {profile}, imbalance {imbalance}, '
+                           f'seed {lt_seed}; paths relative to that folder')
+            with open(os.path.join(output_dir, 'lt_subset.json'), 'w') as f:
+                json.dump(dict(info.to_dict(), indices=indices), f)
+
+    empty = [i for i, n in enumerate(info.class_counts) if n == 0]
+    if empty:
+        names = [class_names[i] if class_names and i < len(class_names) else i for i in empty[:10]]
+        raise ValueError(f'{len(empty)} classes have no training image: {names}. Fix the data or --num-classes.')
+    _logger.info(f'Training set: {sum(info.class_counts)} images, {num_classes} classes, '
+                 f'{max(info.class_counts)} to {min(info.class_counts)} per class')
+    return train_ds, val_ds, info

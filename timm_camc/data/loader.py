@@ -1,0 +1,103 @@
+""" Training loader with a long-tail sampler, on timm's transforms, collate and prefetcher
+
+timm's ``create_loader`` picks its own sampler; training with a class-balanced (or any other) sampler needs the
+same pieces put together around a given sampler. Evaluation loaders come from timm's ``create_loader`` unchanged.
+
+Copyright 2026, the timm-camc authors. Apache-2.0.
+"""
+from functools import partial
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.utils.data
+from torchvision import transforms
+
+from timm.data import create_transform
+from timm.data.loader import PrefetchLoader, _worker_init, fast_collate
+from timm.data.transforms import MaybeToTensor, ToNumpy
+
+__all__ = ['create_train_loader', 'create_train_transform', 'TRAIN_CROP_MODES']
+
+TRAIN_CROP_MODES = ('pad', 'rrc', 'rkrc')
+
+
+def create_train_transform(
+        input_size: Tuple[int, int, int],
+        train_crop_mode: str = 'rrc',
+        use_prefetcher: bool = True,
+        mean: Tuple[float, ...] = (0.485, 0.456, 0.406),
+        std: Tuple[float, ...] = (0.229, 0.224, 0.225),
+        hflip: float = 0.5,
+        padding: int = 4,
+        **kwargs,
+) -> Callable:
+    """Training transform: timm's ``create_transform``, plus the CIFAR recipe ('pad': pad by ``padding`` pixels,
+    random crop back to size, horizontal flip) that timm does not offer.
+
+    Args:
+        input_size: (C, H, W).
+        train_crop_mode: 'pad' (CIFAR), or timm's 'rrc' (random resized crop) / 'rkrc'.
+        use_prefetcher: Leave normalisation to timm's ``PrefetchLoader`` (uint8 arrays out).
+        mean: Normalisation mean (without the prefetcher).
+        std: Normalisation std (without the prefetcher).
+        hflip: Horizontal flip probability.
+        padding: Padding of the 'pad' mode.
+        **kwargs: timm ``create_transform`` arguments for the other modes (color_jitter, auto_augment, re_prob, ...).
+    """
+    if train_crop_mode not in TRAIN_CROP_MODES:
+        raise ValueError(f'Unknown train crop mode {train_crop_mode!r}, expected one of {TRAIN_CROP_MODES}')
+    if train_crop_mode != 'pad':
+        return create_transform(
+            input_size, is_training=True, use_prefetcher=use_prefetcher, mean=mean, std=std, hflip=hflip,
+            train_crop_mode=train_crop_mode, **kwargs)
+    steps = [transforms.RandomCrop(input_size[-2:], padding=padding), transforms.RandomHorizontalFlip(hflip)]
+    if use_prefetcher:
+        steps.append(ToNumpy())
+    else:
+        steps += [MaybeToTensor(), transforms.Normalize(torch.tensor(mean), torch.tensor(std))]
+    return transforms.Compose(steps)
+
+
+def create_train_loader(
+        dataset: torch.utils.data.Dataset,
+        sampler: torch.utils.data.Sampler,
+        batch_size: int,
+        transform: Callable,
+        num_workers: int = 2,
+        use_prefetcher: bool = True,
+        device: torch.device = torch.device('cpu'),
+        mean: Tuple[float, ...] = (0.485, 0.456, 0.406),
+        std: Tuple[float, ...] = (0.229, 0.224, 0.225),
+        channels: int = 3,
+        img_dtype: torch.dtype = torch.float32,
+        re_prob: float = 0.,
+        re_mode: str = 'pixel',
+        re_count: int = 1,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        collate_fn: Optional[Callable] = None,
+):
+    """A training loader drawing batches from ``sampler`` (drop_last, so every DDP rank gets the same batch size).
+
+    With the prefetcher, normalisation (and random erasing) run on ``device`` in timm's ``PrefetchLoader``.
+    """
+    dataset.transform = transform
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn or (fast_collate if use_prefetcher else torch.utils.data.dataloader.default_collate),
+        pin_memory=pin_memory,
+        drop_last=True,
+        worker_init_fn=partial(_worker_init, worker_seeding='all'),
+        persistent_workers=persistent_workers and num_workers > 0,
+    )
+    if len(loader) == 0:
+        raise ValueError(f'Batch size {batch_size} is larger than the {len(sampler)} samples per epoch (and rank)')
+    if use_prefetcher:
+        loader = PrefetchLoader(
+            loader, mean=mean, std=std, channels=channels, device=device, img_dtype=img_dtype,
+            re_prob=re_prob, re_mode=re_mode, re_count=re_count,
+        )
+    return loader

@@ -229,3 +229,25 @@ def test_prototypes_are_reduced_across_ddp_ranks(tmp_path):
     single = _head('global', dtype=torch.float64).train()
     single.forward_train(x, target)
     torch.testing.assert_close(torch.load(out_path), single.calib.prototypes)
+
+
+@pytest.mark.parametrize('camc', ['global', 'class', 'none'])
+def test_explain_returns_the_maps_behind_the_logits(camc):
+    head = _head(camc).eval()
+    x = torch.rand(B, C, H, W, dtype=torch.float64)
+    out = head.explain(x)
+    torch.testing.assert_close(out['logits'], head(x))
+    assert torch.equal(out['classes'], head(x).argmax(-1))
+    w = F.normalize(head.fc.weight, dim=1) if isinstance(head.fc, NormedLinear) else head.fc.weight
+    cam = torch.einsum('bc,bchw->bhw', w[out['classes']], x)
+    torch.testing.assert_close(out['cam'], cam)
+    if camc == 'none':
+        assert 'calibration' not in out
+        return
+    A = out['calibration']
+    assert A.shape == (B, H, W) and ((A > 0) & (A < 1)).all()
+    # pooling with (1 + A) / sum(1 + A) reproduces the calibrated logits of each image's class
+    a = (1 + A).flatten(1)
+    g = torch.einsum('bcn,bn->bc', x.flatten(2), a / a.sum(1, keepdim=True))
+    expected = 16. * (F.normalize(g, dim=1) * w[out['classes']]).sum(1)
+    torch.testing.assert_close(expected, out['logits'].gather(1, out['classes'][:, None]).squeeze(1))

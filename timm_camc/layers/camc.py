@@ -193,12 +193,15 @@ class _Calibration(nn.Module):
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 
-    def _pool_weights(self, m: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """Pooling weights ``a`` (B, G, N) from activation maps ``m`` and prototype maps ``r``, both (B, G, H, W)."""
+    def _attention(self, m: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The calibration map ``A`` (B, G, H, W) from activation maps ``m`` and prototype maps ``r`` (same shape)."""
         B, G, H, W = m.shape
         maps = torch.stack([_standardise(m.flatten(2)).reshape(B, G, H, W), r], dim=2)
-        attn = torch.sigmoid(self.conv(maps.reshape(B * G, 2, H, W))).reshape(B, G, H * W)
-        attn = 1. + attn
+        return torch.sigmoid(self.conv(maps.reshape(B * G, 2, H, W))).reshape(B, G, H, W)
+
+    def _pool_weights(self, m: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Pooling weights ``a = (1 + A) / sum(1 + A)`` (B, G, N)."""
+        attn = 1. + self._attention(m, r).flatten(2)
         return attn / attn.sum(-1, keepdim=True)
 
     @torch.no_grad()
@@ -248,12 +251,25 @@ class GlobalCalibration(_Calibration):
         """The calibrated pooled feature ``g`` that the classifier scores."""
         # the class maps use the classifier as a CAM does, as a constant: the classifier learns from the logits,
         # the backbone from both (and no K x C gradient arises outside the logits product)
+        a = self._pool_weights(*self._maps(x, weight, row_scale, logits))  # B x 1 x N
+        return torch.bmm(x.flatten(2), a.transpose(1, 2)).squeeze(2)
+
+    def _maps(
+            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The expected class map ``(q W_hat) F`` and prototype map ``(q P_hat) F_hat``, both B x 1 x H x W."""
         q = torch.softmax(_upcast(logits.detach()), dim=-1).to(x.dtype)
         u, v = self._expected_directions(weight.detach().to(x.dtype), row_scale.detach().to(x.dtype), q)
         m = torch.einsum('bc,bchw->bhw', u, x).unsqueeze(1)
         r = torch.einsum('bc,bchw->bhw', v, l2_normalize(x, dim=1)).unsqueeze(1)
-        a = self._pool_weights(m, r)  # B x 1 x N
-        return torch.bmm(x.flatten(2), a.transpose(1, 2)).squeeze(2)
+        return m, r
+
+    def calibration_map(
+            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+            classes: torch.Tensor,
+    ) -> torch.Tensor:
+        """The map ``A`` (B x H x W, in (0, 1)) that reweights the pooling; one per image (``classes`` unused)."""
+        return self._attention(*self._maps(x, weight, row_scale, logits))[:, 0]
 
     def forward(
             self, x: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor,
@@ -279,15 +295,28 @@ class ClassCalibration(_Calibration):
             logits: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The calibrated projection ``<w_k, g_k>`` and ``|g_k|^2`` are B x K."""
-        m = torch.einsum('kc,bchw->bkhw', weight.to(x.dtype), x)  # raw class maps
-        p = l2_normalize(self.prototypes, dim=1).to(x.dtype)
-        r = torch.einsum('kc,bchw->bkhw', p, l2_normalize(x, dim=1))
+        m, r = self._maps(x, weight)
         a = self._pool_weights(m * row_scale.to(x.dtype)[:, None, None], r)  # B x K x N
         proj = (a * m.flatten(2)).sum(-1)
         flat = x.flatten(2)
         gram = torch.bmm(flat.transpose(1, 2), flat)  # B x N x N
         sq_norm = (torch.bmm(a, gram) * a).sum(-1)
         return F.linear(pooled, weight.to(pooled.dtype)), _sq_norm(pooled), proj, sq_norm
+
+    def _maps(self, x: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Raw class maps ``W F`` and prototype maps ``P_hat F_hat``, both B x K x H x W."""
+        m = torch.einsum('kc,bchw->bkhw', weight.to(x.dtype), x)
+        p = l2_normalize(self.prototypes, dim=1).to(x.dtype)
+        return m, torch.einsum('kc,bchw->bkhw', p, l2_normalize(x, dim=1))
+
+    def calibration_map(
+            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+            classes: torch.Tensor,
+    ) -> torch.Tensor:
+        """The map ``A_k`` (B x H x W) of class ``classes[b]`` for each image."""
+        m, r = self._maps(x, weight)
+        attn = self._attention(m * row_scale.to(x.dtype)[:, None, None], r)
+        return attn[torch.arange(x.shape[0], device=x.device), classes]
 
 
 CALIBRATIONS: Dict[str, Type[_Calibration]] = {
@@ -395,6 +424,31 @@ class CamcHead(nn.Module):
                 return pooled
             return self.calib.pre_logits(x, self.fc.weight, self.fc.row_scale(), self.fc(pooled))
         return self._logits(x)[0]
+
+    @torch.jit.unused
+    def explain(self, x: torch.Tensor, classes: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """The maps behind the logits, for visualisation, from the code that computes them.
+
+        Args:
+            x: Unpooled feature map (B, C, H, W).
+            classes: Class per image for the class maps (default: the predicted class).
+
+        Returns:
+            ``logits`` (B x K), ``classes`` (B), ``cam``: the class activation map ``W_hat_c F`` of each image's class
+            (B x H x W; the cosine classifier's normalised weight rows), and with CAMC ``calibration``: the map ``A``
+            in (0, 1) that reweights the pooling (B x H x W).
+        """
+        if self.num_classes == 0:
+            raise ValueError('explain() needs a classifier (num_classes > 0)')
+        logits, plain, _ = self._logits(x)
+        if classes is None:
+            classes = logits.argmax(-1)
+        weight, row_scale = self.fc.weight, self.fc.row_scale()
+        rows = weight[classes] * row_scale[classes].unsqueeze(-1)
+        out = dict(logits=logits, classes=classes, cam=torch.einsum('bc,bchw->bhw', rows.to(x.dtype), x))
+        if self.calib is not None:
+            out['calibration'] = self.calib.calibration_map(x, weight, row_scale, plain, classes)
+        return out
 
     @torch.jit.unused
     def forward_train(self, x: torch.Tensor, target: torch.Tensor) -> CamcOutput:

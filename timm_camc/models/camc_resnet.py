@@ -233,6 +233,12 @@ class CamcResNet(ResNet):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
+    @torch.jit.ignore
+    def explain(self, x: torch.Tensor, classes: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Logits with the class activation map and CAMC's calibration map of ``classes`` (default: predicted),
+        at feature-map resolution (see ``CamcHead.explain``)."""
+        return self.head.explain(self.forward_features(x), classes)
+
     def forward(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits; with ``target`` in training, a ``CamcOutput`` after updating the class prototypes.
 

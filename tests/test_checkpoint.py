@@ -67,3 +67,15 @@ def test_mismatched_architecture_names_tensors_and_shapes(tmp_path):
     path = _save(timm.create_model('resnet50'), tmp_path / 'resnet50.safetensors')
     with pytest.raises(RuntimeError, match=r'layer1\.0\.conv2\.weight: checkpoint \(64, 64, 3, 3\) vs model \(128, 4, 3, 3\)'):
         timm.create_model('resnext50_camc_lt', pretrained=True, pretrained_cfg_overlay=dict(file=path))
+
+
+def test_tau_normalisation_of_a_linear_classifier():
+    from timm_camc.utils import tau_normalize_
+    model = timm.create_model('resnet32_camc_lt', camc='none', norm_classifier=False)
+    weight = model.get_classifier().weight.detach().clone()
+    tau_normalize_(model.get_classifier(), 0.5)
+    torch.testing.assert_close(model.get_classifier().weight, weight / weight.norm(dim=1, keepdim=True).sqrt())
+    tau_normalize_(model.get_classifier(), 1.0)
+    torch.testing.assert_close(model.get_classifier().weight.norm(dim=1), torch.ones(10))
+    with pytest.raises(ValueError, match='ignores'):
+        tau_normalize_(timm.create_model('resnet32_camc_lt').get_classifier(), 1.0)

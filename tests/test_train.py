@@ -84,6 +84,18 @@ def test_train_checkpoint_resume_validate(cifar10_small, tmp_path):
                  '--data-dir', str(cifar10_small), '--split', 'test', '--num-classes', '5', '-j', '0')
     assert wrong.returncode == 2
     assert 'size mismatch for head.fc.weight' in wrong.stderr and 'torch.Size([10, 64])' in wrong.stderr
+    tau = _run(sys.executable, 'validate.py', '--model', 'resnet32_camc_lt', '--checkpoint', str(run / 'last.pth.tar'),
+               '--data-dir', str(cifar10_small), '--split', 'test', '--tau-norm', '1', '-j', '0')
+    assert tau.returncode == 2 and 'cosine (normalised) classifier ignores' in tau.stderr
+
+    # classifier re-training (cRT): a fresh head on the frozen backbone, BN statistics included
+    crt = _run(*_train_args(cifar10_small, tmp_path, 'crt', '--epochs', '1', '--sampler', 'class_balanced', '--crt',
+                            '--initial-checkpoint', str(run / 'last.pth.tar')))
+    assert crt.returncode == 0, crt.stderr[-3000:]
+    before, after = _state(run / 'last.pth.tar'), _state(tmp_path / 'crt' / 'last.pth.tar')
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert changed and all(k.startswith('head.') for k in changed), changed
+    assert 'head.fc.weight' in changed
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(cifar10_small, tmp_path):
@@ -129,7 +141,8 @@ def test_torchrun_two_gloo_processes(cifar10_small, tmp_path):
     torchrun = shutil.which('torchrun', path=str(Path(sys.executable).parent)) or shutil.which('torchrun')
     assert torchrun, 'torchrun is installed with torch'
     res = _run(torchrun, '--standalone', '--nproc_per_node', '2',
-               *_train_args(cifar10_small, tmp_path, 'ddp', '--epochs', '1', '--sampler', 'class_aware')[1:])
+               *_train_args(cifar10_small, tmp_path, 'ddp', '--epochs', '1', '--sampler', 'class_aware',
+                             '--mixup', '0.2', '--loss', 'logit_adjusted')[1:])
     assert res.returncode == 0, res.stderr[-3000:]
     assert 'process 1 of 2' in res.stderr
     results = json.loads((tmp_path / 'ddp' / 'results.json').read_text())

@@ -169,3 +169,31 @@ def test_bad_config_and_data_dir(tmp_path):
     assert res.returncode == 2 and 'unknown option(s) in' in res.stderr and 'learning_rate' in res.stderr
     res = _run(sys.executable, 'train.py', '--data-dir', str(tmp_path / 'missing'), '--output', str(tmp_path))
     assert res.returncode == 2 and 'Data folder not found' in res.stderr
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(cifar10_small, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack('HHHH', 40, 120, 0, 0))  # a 120-column terminal
+    env = {k: v for k, v in os.environ.items() if k != 'CI'}
+    proc = subprocess.Popen(_train_args(cifar10_small, tmp_path, 'tty', '--epochs', '1'), cwd=REPO, stdin=secondary,
+                            stdout=secondary, stderr=secondary, env=dict(env, OMP_NUM_THREADS='1'))
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=240) == 0
+    os.close(primary)
+    out = b''.join(chunks).decode(errors='replace')
+    assert 'Train 0:' in out and '%|' in out and 'img/s' in out  # tqdm bar with its postfix
+    assert 'Train: 0 [   4/' not in out  # no interval log lines under the bar
+    assert 'Train: 0 [  11/' in out  # but the epoch's closing line

@@ -5,6 +5,8 @@ Copyright 2026, the timm-camc authors. Apache-2.0.
 import inspect
 import logging
 import math
+import os
+import sys
 import time
 from contextlib import suppress
 from typing import Callable, Dict, Optional
@@ -14,11 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.utils import AverageMeter, dispatch_clip_grad, reduce_tensor, unwrap_model
+from tqdm import tqdm
 
 from .layers import CamcOutput
 from .metrics import LongTailMetrics
 
-__all__ = ['NonFiniteLossError', 'accepts_target', 'train_one_epoch', 'evaluate']
+__all__ = ['NonFiniteLossError', 'accepts_target', 'interactive', 'train_one_epoch', 'evaluate']
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +33,18 @@ class NonFiniteLossError(RuntimeError):
 def accepts_target(model: nn.Module) -> bool:
     """Whether ``model(x, target)`` is supported (CAMC models: prototype update and auxiliary logits)."""
     return 'target' in inspect.signature(unwrap_model(model).forward).parameters
+
+
+def interactive() -> bool:
+    """Live progress bars on an interactive terminal; plain log lines under CI or when output is redirected."""
+    return sys.stderr.isatty() and not os.environ.get('CI')
+
+
+def _progress_bar(loader, desc: str, enabled: bool) -> Optional[tqdm]:
+    """A tqdm bar over the loader (ETA built in, images/s in its postfix) when ``enabled``, else None."""
+    if not enabled:
+        return None
+    return tqdm(loader, total=len(loader), desc=desc, unit='batch', dynamic_ncols=True, leave=False, file=sys.stderr)
 
 
 def _eta(seconds: float) -> str:
@@ -57,6 +72,7 @@ def train_one_epoch(
         log_interval: int = 50,
         distributed: bool = False,
         frozen_backbone: bool = False,
+        progress: Optional[bool] = None,
 ) -> Dict[str, float]:
     """One epoch of training.
 
@@ -64,6 +80,7 @@ def train_one_epoch(
     and their dominant class to the model. The loss is checked for finiteness at every log interval and at the
     end of the epoch (one device sync each), raising ``NonFiniteLossError`` before anything is saved.
     With ``frozen_backbone`` (classifier re-training) everything but the head stays in eval mode (BN statistics).
+    Progress: a live bar on an interactive terminal (``progress=None``: ``interactive()``), log lines otherwise.
     """
     model.train()
     if frozen_backbone:
@@ -77,7 +94,8 @@ def train_one_epoch(
     last_idx = num_batches - 1
     start = end = time.time()
     seen = 0
-    for batch_idx, (input, target) in enumerate(loader):
+    bar = _progress_bar(loader, f'Train {epoch}', interactive() if progress is None else progress)
+    for batch_idx, (input, target) in enumerate(loader if bar is None else bar):
         data_time_m.update(time.time() - end)
         input, target = input.to(device), target.to(device)
         if mixup_fn is not None:
@@ -124,10 +142,15 @@ def train_one_epoch(
                 loss_avg = reduce_tensor(torch.tensor(loss_avg, device=device), torch.distributed.get_world_size()).item()
             lr = optimizer.param_groups[0]['lr']
             eta = elapsed / (batch_idx + 1) * (last_idx - batch_idx)
-            _logger.info(
-                f'Train: {epoch} [{batch_idx:>4d}/{num_batches} ({100. * (batch_idx + 1) / num_batches:>3.0f}%)]  '
-                f'Loss: {loss_avg:#.4g}  LR: {lr:.3e}  {rate:.1f} img/s  ETA {_eta(eta)}')
+            if bar is not None:
+                bar.set_postfix_str(f'loss {loss_avg:#.4g}  lr {lr:.2e}  {rate:.0f} img/s', refresh=False)
+            if bar is None or batch_idx == last_idx:
+                _logger.info(
+                    f'Train: {epoch} [{batch_idx:>4d}/{num_batches} ({100. * (batch_idx + 1) / num_batches:>3.0f}%)]  '
+                    f'Loss: {loss_avg:#.4g}  LR: {lr:.3e}  {rate:.1f} img/s  ETA {_eta(eta)}')
         end = time.time()
+    if bar is not None:
+        bar.close()
     return {'loss': float(losses_m.avg)}
 
 
@@ -141,6 +164,7 @@ def evaluate(
         channels_last: bool = False,
         log_interval: int = 50,
         log_suffix: str = '',
+        progress: Optional[bool] = None,
 ) -> Dict:
     """Accuracy of ``model`` over ``loader``: top-1/5, per class and per class group (``metrics.compute()``),
     plus the mean cross-entropy (``loss``). Reduced over DDP ranks by ``metrics.sync()``."""
@@ -150,7 +174,8 @@ def evaluate(
     count = torch.zeros((), dtype=torch.float64, device=device)
     num_batches = len(loader)
     start = time.time()
-    for batch_idx, (input, target) in enumerate(loader):
+    bar = _progress_bar(loader, f'Eval{log_suffix}', interactive() if progress is None else progress)
+    for batch_idx, (input, target) in enumerate(loader if bar is None else bar):
         input, target = input.to(device), target.to(device)
         if channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
@@ -162,10 +187,12 @@ def evaluate(
         loss_sum += F.cross_entropy(output, target, reduction='sum').double()
         count += target.shape[0]
         metrics.update(output, target)
-        if batch_idx % log_interval == 0 or batch_idx == num_batches - 1:
+        if bar is None and (batch_idx % log_interval == 0 or batch_idx == num_batches - 1):
             elapsed = time.time() - start
             _logger.info(f'Eval{log_suffix}: [{batch_idx:>4d}/{num_batches}]  '
                          f'{count.item() / max(elapsed, 1e-9):.1f} img/s')
+    if bar is not None:
+        bar.close()
     metrics.sync()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(loss_sum)

@@ -26,12 +26,11 @@ import torch
 import timm
 import timm_camc  # noqa: F401, registers the models
 from timm.data import create_loader, resolve_data_config
-from timm.models import load_checkpoint
 from timm.utils import init_distributed_device, setup_default_logging
 from timm_camc.data import CorruptImageError, ImageListDataset, read_list_file
 from timm_camc.engine import evaluate
 from timm_camc.metrics import LongTailMetrics, default_class_groups
-from timm_camc.utils import camc_model_kwargs, read_checkpoint_args, tau_normalize_
+from timm_camc.utils import create_eval_model, tau_normalize_
 
 _logger = logging.getLogger('validate')
 
@@ -63,6 +62,10 @@ parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else
 parser.add_argument('--results-file', default='', metavar='FILE', help='JSON results (default: next to checkpoint)')
 parser.add_argument('--results-csv', default='', metavar='FILE', help='also append a CSV row here')
 parser.add_argument('--log-interval', type=int, default=50)
+parser.add_argument('--cam-dir', default='', metavar='DIR', help='write CAM overlay PNGs of --cam-count images here')
+parser.add_argument('--cam-count', type=int, default=16, metavar='N', help='images for --cam-dir, each class in turn')
+parser.add_argument('--plot', default='', metavar='FILE',
+                    help='plot per-class accuracy against training frequency (needs matplotlib: pip install timm-camc[viz])')
 
 
 def load_train_counts(path: str):
@@ -84,22 +87,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = init_distributed_device(args)
 
-    ckpt_args = read_checkpoint_args(args.checkpoint) if args.checkpoint else {}
     model_name = args.model
+    model, ckpt_args = create_eval_model(
+        model_name, args.checkpoint, num_classes=args.num_classes, use_ema=args.use_ema, pretrained=args.pretrained)
     if ckpt_args.get('model') and ckpt_args['model'] != model_name and ':' not in model_name:
         _logger.warning(f'Checkpoint was trained as {ckpt_args["model"]}, evaluating it as {model_name}')
-    num_classes = args.num_classes or ckpt_args.get('num_classes')
-    kwargs = dict(camc_model_kwargs(model_name, ckpt_args))
-    if num_classes:
-        kwargs['num_classes'] = num_classes
-    hub = model_name.startswith(('hf-hub:', 'local-dir:'))
-    model = timm.create_model(model_name, pretrained=hub or args.pretrained, **kwargs)
-    if args.checkpoint:
-        try:
-            load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
-        except RuntimeError as e:
-            raise ValueError(f'Checkpoint {args.checkpoint} does not fit {model_name} '
-                             f'({num_classes or model.num_classes} classes): {e}') from e
     if args.tau_norm is not None:
         tau_normalize_(model.get_classifier(), args.tau_norm)
     model.to(device).eval()
@@ -113,6 +105,8 @@ def main(argv=None):
     if counts is not None and len(counts) != num_classes:
         raise SystemExit(f'{len(counts)} training class counts for a {num_classes}-class model')
     if counts is None:
+        if args.plot:
+            raise ValueError('--plot needs the training class counts: pass --train-counts FILE')
         _logger.warning('No training class counts (checkpoint or --train-counts): no many / medium / few groups')
 
     if args.dataset:
@@ -159,12 +153,20 @@ def main(argv=None):
             if new:
                 writer.writeheader()
             writer.writerow(dict(model=model_name, checkpoint=args.checkpoint, split=result['split'], **summary))
+    if args.plot:
+        from timm_camc.visualize import plot_per_class_accuracy
+        _logger.info(f'Wrote {plot_per_class_accuracy(result, args.plot)}')
+    if args.cam_dir:
+        from timm_camc.visualize import dataset_cam_overlays
+        paths = dataset_cam_overlays(model, dataset, args.cam_dir, count=args.cam_count, data_config=data_config,
+                                     device=device, class_names=result['class_names'])
+        _logger.info(f'Wrote {len(paths)} CAM overlays to {args.cam_dir}')
     return 0
 
 
 if __name__ == '__main__':
     try:
         sys.exit(main())
-    except (FileNotFoundError, ValueError, CorruptImageError) as e:  # bad input: the message says what to fix
+    except (FileNotFoundError, ValueError, CorruptImageError, ImportError) as e:  # bad input: the message says what to fix
         _logger.error(f'{type(e).__name__}: {e}')
         sys.exit(2)

@@ -58,8 +58,11 @@ def test_train_checkpoint_resume_validate(cifar10_small, tmp_path):
 
     results = tmp_path / 'val.json'
     val = _run(sys.executable, 'validate.py', '--model', 'resnet32_camc_lt', '--checkpoint', str(run / 'last.pth.tar'),
-               '--data-dir', str(cifar10_small), '--split', 'test', '--results-file', str(results), '-j', '0')
+               '--data-dir', str(cifar10_small), '--split', 'test', '--results-file', str(results), '-j', '0',
+               '--plot', str(tmp_path / 'per_class.png'), '--cam-dir', str(tmp_path / 'cams'), '--cam-count', '4')
     assert val.returncode == 0, val.stderr[-3000:]
+    assert (tmp_path / 'per_class.png').stat().st_size > 10_000
+    assert len(list((tmp_path / 'cams').glob('cam_*.png'))) == 4
     r = json.loads(results.read_text())
     assert r['num_samples'] == 200 and len(r['per_class']) == 10
     assert 0 <= r['top1'] <= 100 and r['top5'] >= r['top1']

@@ -5,14 +5,17 @@ Copyright 2026, the timm-camc authors. Apache-2.0.
 import argparse
 import logging
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+import timm
+from timm.models import load_checkpoint
+
 from .layers import NormedLinear
 
-__all__ = ['CAMC_ARG_NAMES', 'camc_model_kwargs', 'read_checkpoint_args', 'tau_normalize_']
+__all__ = ['CAMC_ARG_NAMES', 'camc_model_kwargs', 'create_eval_model', 'read_checkpoint_args', 'tau_normalize_']
 
 _logger = logging.getLogger(__name__)
 
@@ -57,6 +60,38 @@ def read_checkpoint_args(path: str) -> Dict[str, Any]:
     if args is None:
         return {}
     return dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
+
+
+def create_eval_model(
+        model_name: str,
+        checkpoint: str = '',
+        num_classes: Optional[int] = None,
+        use_ema: bool = False,
+        pretrained: bool = False,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """A model to evaluate: a registry name (with a train.py checkpoint or weights file), ``hf-hub:`` or ``local-dir:``.
+
+    The CAMC head settings and the class count come from the checkpoint's training options, so the model is rebuilt
+    as it was trained. Returns the model (on the CPU, in train mode as timm creates it) and those options.
+
+    Raises:
+        FileNotFoundError: No such checkpoint.
+        ValueError: The checkpoint does not fit the model (the message names the tensors and shapes).
+    """
+    ckpt_args = read_checkpoint_args(checkpoint) if checkpoint else {}
+    num_classes = num_classes or ckpt_args.get('num_classes')
+    kwargs = camc_model_kwargs(model_name, ckpt_args)
+    if num_classes:
+        kwargs['num_classes'] = num_classes
+    hub = model_name.startswith(('hf-hub:', 'local-dir:'))
+    model = timm.create_model(model_name, pretrained=hub or pretrained, **kwargs)
+    if checkpoint:
+        try:
+            load_checkpoint(model, checkpoint, use_ema=use_ema)
+        except RuntimeError as e:
+            raise ValueError(
+                f'Checkpoint {checkpoint} does not fit {model_name} ({model.num_classes} classes): {e}') from e
+    return model, ckpt_args
 
 
 @torch.no_grad()

@@ -67,6 +67,9 @@ group.add_argument('--skip-corrupt', action='store_true',
 group = parser.add_argument_group('Model parameters')
 group.add_argument('--model', default='resnet32_camc_lt', metavar='NAME', help='timm model name')
 group.add_argument('--pretrained', action='store_true', help='start from the pretrained weights of the tag')
+group.add_argument('--pretrained-path', default='', metavar='PATH',
+                   help='load this weights file as the pretrained weights, with adaptation (a plain timm ResNet '
+                        'gives its backbone, another class count re-initialises the head)')
 group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights first')
 group.add_argument('--resume', default='', metavar='PATH', help='resume a run: model, optimizer, scaler, EMA, epoch')
 group.add_argument('--no-resume-opt', action='store_true', help='do not restore the optimizer when resuming')
@@ -204,7 +207,12 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 
 def _model_kwargs(args, num_classes):
-    kwargs = dict(num_classes=num_classes, drop_rate=args.drop, pretrained=args.pretrained)
+    pretrained = args.pretrained or bool(args.pretrained_path)
+    kwargs = dict(num_classes=num_classes, drop_rate=args.drop, pretrained=pretrained)
+    if args.pretrained_path:
+        if not os.path.isfile(args.pretrained_path):
+            raise FileNotFoundError(f'--pretrained-path: weights file not found: {args.pretrained_path}')
+        kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path)
     if args.drop_path is not None:
         kwargs['drop_path_rate'] = args.drop_path
     if args.gp:

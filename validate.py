@@ -65,7 +65,7 @@ parser.add_argument('--log-interval', type=int, default=50)
 parser.add_argument('--cam-dir', default='', metavar='DIR', help='write CAM overlay PNGs of --cam-count images here')
 parser.add_argument('--cam-count', type=int, default=16, metavar='N', help='images for --cam-dir, each class in turn')
 parser.add_argument('--plot', default='', metavar='FILE',
-                    help='plot per-class accuracy against training frequency (needs matplotlib: pip install timm-camc[viz])')
+                    help='plot per-class accuracy against training frequency (needs matplotlib: timm-camc[viz])')
 
 
 def load_train_counts(path: str):
@@ -167,6 +167,6 @@ def main(argv=None):
 if __name__ == '__main__':
     try:
         sys.exit(main())
-    except (FileNotFoundError, ValueError, CorruptImageError, ImportError) as e:  # bad input: the message says what to fix
+    except (FileNotFoundError, ValueError, CorruptImageError, ImportError) as e:  # bad input, the message says why
         _logger.error(f'{type(e).__name__}: {e}')
         sys.exit(2)

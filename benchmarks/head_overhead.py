@@ -11,7 +11,6 @@ FLOPs are counted with ``torch.utils.flop_counter`` for the head alone and for t
 """
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import timm
 import timm_camc
 from timm_camc import CamcLoss
+from bench_utils import machine_info
 
 CAMC_MODEL = 'resnext50_camc_lt'
 BASE_MODEL = 'resnext50_32x4d'
@@ -41,7 +41,7 @@ parser.add_argument('--steps', type=int, default=2, help='timed steps per model 
 parser.add_argument('--amp', choices=['', 'bf16', 'fp16'], default='')
 parser.add_argument('--channels-last', action='store_true')
 parser.add_argument('--camc', default='global', help="calibration variant of the CAMC model ('global', 'class')")
-parser.add_argument('--out', default='', help='JSON file to write (default: benchmarks/results/head_overhead_<device>.json)')
+parser.add_argument('--out', default='', help='JSON to write (default: benchmarks/results/head_overhead_<device>.json)')
 parser.add_argument('--memory-probe', nargs=2, metavar=('MODEL', 'CLASSES'), help=argparse.SUPPRESS)
 
 
@@ -159,15 +159,10 @@ def main():
         print(json.dumps(dict(peak_rss_mib=peak, step_rss_mib=peak - before)))
         return
 
-    device_name = torch.cuda.get_device_name() if torch.device(args.device).type == 'cuda' else platform.processor() or platform.machine()
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     record = dict(
-        benchmark='head_overhead', models=[CAMC_MODEL, BASE_MODEL], camc=args.camc,
-        device=args.device, device_name=device_name, cpu_threads=torch.get_num_threads(),
+        benchmark='head_overhead', models=[CAMC_MODEL, BASE_MODEL], camc=args.camc, **machine_info(args.device),
         batch_size=args.batch_size, img_size=args.img_size, amp=args.amp or 'fp32', channels_last=args.channels_last,
-        rounds=args.rounds, steps=args.steps, torch=torch.__version__, timm=timm.__version__, git_commit=commit,
-        results=[],
+        rounds=args.rounds, steps=args.steps, results=[],
     )
     for num_classes in args.classes:
         models = {name: _create(name, num_classes, args) for name in (BASE_MODEL, CAMC_MODEL)}

@@ -11,8 +11,6 @@ and (3) is close to (2).
 """
 import argparse
 import json
-import platform
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -23,6 +21,7 @@ import torch
 import timm
 import timm_camc
 from timm.data import resolve_data_config
+from bench_utils import machine_info
 from timm_camc.data import create_lt_datasets, create_sampler, create_train_loader, create_train_transform
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -99,13 +98,9 @@ def main():
             step(*next(it))
         both_rate = _rate(args.batches * args.batch_size, start, device)
 
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     record = dict(
         benchmark='loader_vs_step', model='resnet32_camc_lt', sampler=args.sampler, imbalance=args.imbalance,
-        train_images=len(train_ds), batch_size=args.batch_size, workers=args.workers, device=str(device),
-        device_name=torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or platform.machine(),
-        cpu_threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__, git_commit=commit,
+        train_images=len(train_ds), batch_size=args.batch_size, workers=args.workers, **machine_info(args.device),
         loader_img_s=loader_rate, step_img_s=step_rate, loader_and_step_img_s=both_rate,
         loader_over_step=loader_rate / step_rate, end_to_end_over_step=both_rate / step_rate,
     )

@@ -15,8 +15,6 @@ best of ``--repeats`` runs is reported (on a shared machine the median can be fa
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 import timm_camc
+from bench_utils import machine_info
 from timm_camc.data import create_sampler
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -69,27 +68,6 @@ def long_tail_profile(total: int, num_classes: int, max_count: int, imbalance: f
     out = np.floor(real).astype(np.int64)
     out[np.argsort(out - real)[:total - out.sum()]] += 1  # largest remainders round up
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), '')
-    except OSError:
-        return ''
-
-
-def machine_info():
-    return dict(
-        platform=platform.platform(),
-        processor=platform.processor(),  # often empty on Linux, hence cpu_model
-        cpu_model=_cpu_model(),
-        cpu_count=os.cpu_count(),
-        python=platform.python_version(),
-        torch=torch.__version__,
-        timm_camc=timm_camc.__version__,
-        num_threads=torch.get_num_threads(),
-    )
 
 
 def main():
@@ -143,7 +121,7 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = dict(
-        machine=machine_info(),
+        machine=machine_info('cpu'),
         config=dict(vars(args), counts_max=int(counts.max()), counts_min=int(counts.min())),
         results=rows,
     )

@@ -65,7 +65,8 @@ def test_plain_timm_resnet_weights_load_as_backbone(tmp_path, num_classes):
 
 def test_mismatched_architecture_names_tensors_and_shapes(tmp_path):
     path = _save(timm.create_model('resnet50'), tmp_path / 'resnet50.safetensors')
-    with pytest.raises(RuntimeError, match=r'layer1\.0\.conv2\.weight: checkpoint \(64, 64, 3, 3\) vs model \(128, 4, 3, 3\)'):
+    expected = r'layer1\.0\.conv2\.weight: checkpoint \(64, 64, 3, 3\) vs model \(128, 4, 3, 3\)'
+    with pytest.raises(RuntimeError, match=expected):
         timm.create_model('resnext50_camc_lt', pretrained=True, pretrained_cfg_overlay=dict(file=path))
 
 

@@ -243,7 +243,8 @@ def test_training_labels_are_validated(bad_target, match):
 
 def test_backbone_matches_timm_resnet():
     """Same parameter names and shapes as timm's own ResNet/ResNeXt except the head: weights are interchangeable."""
-    pairs = [('resnet50_camc_lt', 'resnet50'), ('resnext50_camc_lt', 'resnext50_32x4d'), ('resnet152_camc_lt', 'resnet152')]
+    pairs = [('resnet50_camc_lt', 'resnet50'), ('resnext50_camc_lt', 'resnext50_32x4d'),
+             ('resnet152_camc_lt', 'resnet152')]
     for ours, theirs in pairs:
         a = {k: v.shape for k, v in timm.create_model(ours, device='meta').state_dict().items()
              if not k.startswith('head.')}

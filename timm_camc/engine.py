@@ -139,7 +139,8 @@ def train_one_epoch(
             rate = seen / max(elapsed, 1e-9)
             loss_avg = float(losses_m.avg)
             if distributed:
-                loss_avg = reduce_tensor(torch.tensor(loss_avg, device=device), torch.distributed.get_world_size()).item()
+                world_size = torch.distributed.get_world_size()
+                loss_avg = reduce_tensor(torch.tensor(loss_avg, device=device), world_size).item()
             lr = optimizer.param_groups[0]['lr']
             eta = elapsed / (batch_idx + 1) * (last_idx - batch_idx)
             if bar is not None:

@@ -27,7 +27,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
+from timm_camc.hub import prepare_pretrained
 from timm_camc.layers import CamcHead
+from timm_camc.weights import HUB_ORG
 
 __all__ = ['CamcResNet']
 
@@ -290,6 +292,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CamcResNet)
 
 
 def _create_camc_resnet(variant: str, pretrained: bool = False, **kwargs) -> CamcResNet:
+    if pretrained:
+        # Hub weights: safetensors only, checked against their recorded sha256; planned tags say how to train them
+        kwargs = prepare_pretrained(variant, kwargs)
     num_stages = len(kwargs.get('layers', (0,) * 4))
     return build_model_with_cfg(
         CamcResNet,
@@ -331,8 +336,6 @@ def _backbone_cfg(timm_hub_id: str, **kwargs) -> Dict[str, Any]:
         **kwargs,
     )
 
-
-HUB_ORG = 'timm-camc'
 
 default_cfgs = generate_default_cfgs({
     'resnet32_camc_lt.cifar10_lt_r100': _cifar_cfg(f'{HUB_ORG}/resnet32_camc_lt.cifar10_lt_r100', num_classes=10),

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+""" Publish trained CAMC weights to the Hugging Face Hub, with a model card
+
+    python hub/publish.py --checkpoint output/train/<run>/last.pth.tar --metrics output/train/<run>/results.json \\
+        --ema --repo-id timm-camc/resnet32_camc_lt.cifar10_lt_r100
+    python hub/publish.py --checkpoint ... --metrics ... --raw --out hub_folder/      # write the folder only
+
+The folder holds ``model.safetensors`` (the EMA or the raw weights, chosen explicitly), timm's ``config.json`` (with
+the CAMC head in ``model_args`` so ``timm.create_model('hf-hub:<repo>', pretrained=True)`` rebuilds it, and the
+weights' sha256) and a ``README.md`` model card made from the one metrics record given (a validate.py results
+JSON measured on the same weights). Pushing creates the repository (and ``--revision`` branch) if needed and
+uploads everything as one commit; weights already in the repository are only replaced with ``--force``. The token
+comes from ``HF_TOKEN`` or ``hf auth login`` and is never printed or written. After publishing, the record to add
+to ``timm_camc/weights.py`` is printed.
+
+Exit status: 0 published (or written, or already identical), 1 the upload failed (nothing was published; running
+again is safe), 2 invalid input or no token (nothing was done), 3 refused: the repository already has weights.
+
+Copyright 2026, the timm-camc authors. Apache-2.0.
+"""
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+from huggingface_hub import get_token
+
+from timm_camc.hub import (
+    CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, WeightsExistError, build_trained_model, check_metrics, export_folder,
+    load_trained_checkpoint, push_folder, read_metrics, resolve_dataset, resolve_tag, validate_repo_id,
+)
+from timm_camc.weights import HUB_ORG, WEIGHTS
+
+_logger = logging.getLogger('publish')
+
+EXIT_FAILED, EXIT_INVALID, EXIT_REFUSED = 1, 2, 3
+_HUB_FOLDER_FILES = {WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, '.gitattributes'}  # what --force may replace in --out
+
+parser = argparse.ArgumentParser(
+    description='Publish trained CAMC weights to the Hugging Face Hub, with a model card',
+    epilog='exit status: 0 published / written, 1 upload failed (nothing published, safe to rerun), 2 invalid input '
+           'or no token, 3 refused (weights exist, no --force)')
+group = parser.add_argument_group('Inputs')
+group.add_argument('--checkpoint', required=True, metavar='PATH', help='train.py checkpoint (<run>/last.pth.tar)')
+group.add_argument('--metrics', required=True, metavar='PATH',
+                   help='validate.py results JSON of the same weights (the model card is made from it)')
+weights = group.add_mutually_exclusive_group(required=True)
+weights.add_argument('--ema', action='store_true', help='publish the EMA weights (state_dict_ema)')
+weights.add_argument('--raw', action='store_true', help='publish the raw weights (state_dict)')
+group.add_argument('--model-name', metavar='ARCH', default=None,
+                   help='architecture the checkpoint must be (default: the one it was trained as)')
+group.add_argument('--tag', metavar='TAG', default=None,
+                   help='pretrained tag (default: the registry tag of this arch and class count)')
+group.add_argument('--dataset', metavar='NAME', default=None,
+                   help='dataset key of timm_camc.weights.DATASETS, or a name (default: the registry record\'s)')
+group = parser.add_argument_group('Destination')
+dest = group.add_mutually_exclusive_group(required=True)
+dest.add_argument('--out', metavar='DIR', default=None, help='write the Hub folder here, push nothing')
+dest.add_argument('--repo-id', metavar='ORG/NAME', default=None, help='Hub model repository to push to')
+group.add_argument('--revision', metavar='BRANCH', default=None,
+                   help='branch to commit to, created if missing (default: the default branch)')
+group.add_argument('--force', action='store_true',
+                   help='replace weights already in the repository (or a non-empty --out folder)')
+group.add_argument('--private', action='store_true', help='create the repository private')
+
+
+def _write_folder(export_args: dict, out: str, force: bool):
+    """Export into a new folder next to ``out``, then move it into place (no half-written folder on errors)."""
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix='.publish-', dir=parent)
+    try:
+        export = export_folder(folder=staging, **export_args)
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in [staging] + [os.path.join(staging, f) for f in os.listdir(staging)]:
+            os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)  # mkdtemp's private modes
+        if os.path.exists(out):
+            if force:
+                shutil.rmtree(out)
+            else:
+                os.rmdir(out)  # empty (checked before): a race that filled it fails here
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return export
+
+
+def main(argv=None) -> int:
+    args = parser.parse_args(argv)
+
+    # checks that need no work: destination, credentials
+    token = None
+    if args.repo_id is not None:
+        try:
+            validate_repo_id(args.repo_id)
+        except ValueError as e:
+            _logger.error(str(e))
+            return EXIT_INVALID
+        try:
+            token = get_token()
+        except Exception as e:  # e.g. a failed OIDC token exchange
+            _logger.error(f'Cannot get a Hugging Face token ({type(e).__name__}). Nothing was done.')
+            return EXIT_INVALID
+        if not token:
+            _logger.error('No Hugging Face token: set HF_TOKEN or log in with `hf auth login` (a token with write '
+                          'access to the repository). Nothing was done.')
+            return EXIT_INVALID
+    elif os.path.isdir(args.out) and os.listdir(args.out):
+        if not args.force:
+            _logger.error(f'{args.out} is not empty: choose a new folder, or --force to replace a Hub folder')
+            return EXIT_INVALID
+        if not set(os.listdir(args.out)) <= _HUB_FOLDER_FILES:
+            _logger.error(f'{args.out} holds other files than a Hub folder: not replacing it, even with --force')
+            return EXIT_INVALID
+    elif os.path.exists(args.out) and not os.path.isdir(args.out):
+        _logger.error(f'{args.out} exists and is not a folder')
+        return EXIT_INVALID
+
+    # inputs: the checkpoint, the one metrics record measured on it, the tag
+    try:
+        checkpoint = load_trained_checkpoint(args.checkpoint, use_ema=args.ema, model_name=args.model_name)
+        metrics = read_metrics(args.metrics)
+        check_metrics(checkpoint, metrics)
+        tag = resolve_tag(checkpoint, args.tag)
+        resolve_dataset(args.dataset, checkpoint, tag, metrics)
+        model = build_trained_model(checkpoint, tag)
+    except (ValueError, FileNotFoundError) as e:
+        _logger.error(f'{e}. Nothing was done.')
+        return EXIT_INVALID
+    name = f'{checkpoint.arch}.{tag}'
+    hub_id = args.repo_id or (WEIGHTS[name].hub_id if name in WEIGHTS else f'{HUB_ORG}/{name}')
+    export_args = dict(model=model, checkpoint=checkpoint, metrics=metrics, tag=tag, hub_id=hub_id,
+                       dataset=args.dataset, secrets=(token,) if token else ())
+    kind = 'EMA' if checkpoint.use_ema else 'raw'
+
+    try:
+        if args.out is not None:
+            export = _write_folder(export_args, args.out, args.force)
+            print(f'Wrote {name} ({kind} weights, sha256 {export.sha256}) to {args.out}')
+        else:
+            with tempfile.TemporaryDirectory(prefix='publish-') as folder:
+                export = export_folder(folder=folder, **export_args)
+                _logger.info(f'Pushing {name} ({kind} weights, sha256 {export.sha256}) to {args.repo_id}')
+                url, status = push_folder(
+                    folder, args.repo_id, token=token, revision=args.revision, private=args.private,
+                    force=args.force, commit_message=f'Add {name} ({kind} weights, top-1 {metrics["top1"]:.2f})')
+            where = f'{args.repo_id}' + (f'@{args.revision}' if args.revision else '')
+            if status == 'unchanged':
+                print(f'{where} already holds these weights (sha256 {export.sha256}): nothing to do. {url}')
+            else:
+                print(f'Published {name} ({kind} weights, sha256 {export.sha256}) to {where}: {url}')
+    except WeightsExistError as e:
+        _logger.error(str(e))
+        return EXIT_REFUSED
+    except Exception as e:  # the Hub refused or failed a request, the connection broke, a disk error
+        if args.out is not None:
+            _logger.error(f'Writing {args.out} failed, nothing was written ({type(e).__name__}: {e})')
+        else:
+            _logger.error(f'Publishing to {args.repo_id} failed, nothing was published ({type(e).__name__}: {e}). '
+                          f'The upload is a single commit: running the same command again is safe.')
+        return EXIT_FAILED
+
+    if export.record is not None:
+        print(f'\nTo list these weights in timm_camc (README table, pretrained=True by tag), put this record in '
+              f'WEIGHTS of timm_camc/weights.py{" once it is pushed" if args.out else ""}:\n')
+        print(export.record.to_python())
+    return 0
+
+
+if __name__ == '__main__':
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    for name in ('httpx', 'httpx2'):  # one line per HTTP request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    sys.exit(main())

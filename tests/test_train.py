@@ -87,6 +87,9 @@ def test_train_checkpoint_resume_validate(cifar10_small, tmp_path):
                  '--data-dir', str(cifar10_small), '--split', 'test', '--num-classes', '5', '-j', '0')
     assert wrong.returncode == 2
     assert 'size mismatch for head.fc.weight' in wrong.stderr and 'torch.Size([10, 64])' in wrong.stderr
+    no_ema = _run(sys.executable, 'validate.py', '--model', 'resnet32_camc_lt', '--checkpoint',
+                  str(run / 'last.pth.tar'), '--use-ema', '--data-dir', str(cifar10_small), '--split', 'test')
+    assert no_ema.returncode == 2 and 'has no EMA weights' in no_ema.stderr
     tau = _run(sys.executable, 'validate.py', '--model', 'resnet32_camc_lt', '--checkpoint', str(run / 'last.pth.tar'),
                '--data-dir', str(cifar10_small), '--split', 'test', '--tau-norm', '1', '-j', '0')
     assert tau.returncode == 2 and 'cosine (normalised) classifier ignores' in tau.stderr

@@ -40,6 +40,18 @@ def camc_model_kwargs(model_name: str, args: Any) -> Dict[str, Any]:
     return kwargs
 
 
+def _read_checkpoint(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Checkpoint not found: {path}')
+    if path.endswith('.safetensors'):
+        return {}
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as e:
+        raise RuntimeError(f'Cannot read checkpoint {path}: {e}') from e
+
+
 def read_checkpoint_args(path: str) -> Dict[str, Any]:
     """The training options stored in a train.py checkpoint (``{}`` for a bare state dict).
 
@@ -47,15 +59,10 @@ def read_checkpoint_args(path: str) -> Dict[str, Any]:
         FileNotFoundError: No such file.
         RuntimeError: Not a readable PyTorch checkpoint.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'Checkpoint not found: {path}')
-    if path.endswith('.safetensors'):
-        return {}
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception as e:
-        raise RuntimeError(f'Cannot read checkpoint {path}: {e}') from e
+    return _checkpoint_args(_read_checkpoint(path))
+
+
+def _checkpoint_args(checkpoint: Any) -> Dict[str, Any]:
     args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
     if args is None:
         return {}
@@ -78,7 +85,10 @@ def create_eval_model(
         FileNotFoundError: No such checkpoint.
         ValueError: The checkpoint does not fit the model (the message names the tensors and shapes).
     """
-    ckpt_args = read_checkpoint_args(checkpoint) if checkpoint else {}
+    state = _read_checkpoint(checkpoint) if checkpoint else {}
+    ckpt_args = _checkpoint_args(state)
+    if use_ema and not {'state_dict_ema', 'model_ema'} & set(state):
+        raise ValueError(f'--use-ema: checkpoint {checkpoint or "(none)"} has no EMA weights (train with --model-ema)')
     num_classes = num_classes or ckpt_args.get('num_classes')
     kwargs = camc_model_kwargs(model_name, ckpt_args)
     if num_classes:

@@ -475,7 +475,8 @@ class CamcHead(nn.Module):
                 f'target must be int64 class indices of shape ({batch_size},), got {target.dtype} of shape '
                 f'{tuple(target.shape)} (soft / mixup targets go to the loss, not to the model)')
         in_range = ((target >= 0) & (target < self.num_classes)).all()
-        if torch.compiler.is_compiling():
+        capturing = target.is_cuda and torch.cuda.is_current_stream_capturing()
+        if torch.compiler.is_compiling() or capturing:  # no host sync inside a graph: check on the device
             torch._assert_async(in_range, f'labels out of range [0, {self.num_classes})')
         elif target.device.type != 'meta' and not bool(in_range):
             bad = target[(target < 0) | (target >= self.num_classes)].unique()[:10].tolist()

@@ -109,7 +109,8 @@ group.add_argument('--repeat-threshold', type=float, default=0.001, help="thresh
 group.add_argument('--loss', default='ce', choices=LOSSES, help='training loss')
 group.add_argument('--la-tau', type=float, default=1.0, help='tau of the logit-adjusted loss')
 group.add_argument('--ldam-margin', type=float, default=0.5, help='largest LDAM margin')
-group.add_argument('--ldam-scale', type=float, default=30., help='LDAM logit scale')
+group.add_argument('--ldam-scale', type=float, default=None,
+                   help='LDAM logit scale (default: 30 on cosine logits, 1 on the raw logits of a linear classifier)')
 group.add_argument('--drw-epoch', type=int, default=None, help='deferred re-weighting from this epoch (LDAM)')
 group.add_argument('--cb-beta', type=float, default=0.9999, help='beta of the effective number of samples')
 group.add_argument('--crt', action='store_true',
@@ -117,7 +118,7 @@ group.add_argument('--crt', action='store_true',
                         're-initialise the head, and train it (use with --sampler class_balanced)')
 
 group = parser.add_argument_group('Optimizer parameters')
-group.add_argument('--opt', default='sgd', type=str, metavar='OPTIMIZER', help='optimizer (timm names)')
+group.add_argument('--opt', default='momentum', type=str, metavar='OPTIMIZER', help='optimizer (timm names)')
 group.add_argument('--opt-eps', default=None, type=float, metavar='EPSILON')
 group.add_argument('--momentum', type=float, default=0.9, metavar='M', help='SGD momentum')
 group.add_argument('--weight-decay', type=float, default=2e-4, help='weight decay')
@@ -324,10 +325,14 @@ def main(argv=None):
                          num_classes=num_classes)
     loss_kwargs = dict(
         ce=dict(label_smoothing=args.smoothing), logit_adjusted=dict(tau=args.la_tau), balanced_softmax={},
-        ldam=dict(max_margin=args.ldam_margin, scale=args.ldam_scale, drw_epoch=args.drw_epoch, beta=args.cb_beta),
+        ldam=dict(max_margin=args.ldam_margin, drw_epoch=args.drw_epoch, beta=args.cb_beta),
         class_balanced=dict(beta=args.cb_beta))[args.loss]
-    if args.loss == 'ldam' and '_camc_' in args.model and not args.linear_classifier:
-        loss_kwargs['logit_scale_in'] = args.cosine_scale  # LDAM applies its own scale to cosine logits
+    if args.loss == 'ldam':
+        # LDAM is defined on cosine logits that it scales itself (Cao et al. use s = 30)
+        cosine = '_camc_' in args.model and not args.linear_classifier
+        loss_kwargs['scale'] = args.ldam_scale or (30. if cosine else 1.)
+        if cosine:
+            loss_kwargs['logit_scale_in'] = args.cosine_scale
     train_loss_fn = CamcLoss(create_loss(args.loss, lt_info.class_counts, **loss_kwargs)).to(device)
 
     updates_per_epoch = len(loader_train)

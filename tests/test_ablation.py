@@ -1,0 +1,328 @@
+"""Tests of the CIFAR-10-LT ablation script (benchmarks/ablation.py) and its report, on the CPU and real images."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / 'benchmarks'
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+import ablation  # noqa: E402
+import ablation_report  # noqa: E402
+from timm_camc.data import create_lt_datasets  # noqa: E402
+
+ROWS = {row.name: row for row in ablation.ROWS}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: ResNet-32 steps on a shared 2-core machine run several times faster than with two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='session')
+def work_dir(tmp_path_factory) -> Path:
+    """Shared .npy cache of the runs below."""
+    return tmp_path_factory.mktemp('ablation_work')
+
+
+@pytest.fixture
+def epoch_clock(monkeypatch):
+    """A budget clock that advances 10 s whenever a run finishes an epoch, and at no other time."""
+    now = [0.]
+    monkeypatch.setattr(ablation, '_now', lambda: now[0])
+    end_epoch = ablation.RunTrainer.end_epoch
+
+    def end_epoch_and_tick(self):
+        end_epoch(self)
+        now[0] += 10.
+
+    monkeypatch.setattr(ablation.RunTrainer, 'end_epoch', end_epoch_and_tick)
+    return now
+
+
+def _tiny_args(data_dir, work_dir, out, *extra):
+    """A run that takes seconds: 41 long-tailed training images (2 batches of 16), 5 test images per class."""
+    return ['--device', 'cpu', '--data-dir', str(data_dir), '--work-dir', str(work_dir), '--out', str(out),
+            '--train-per-class-max', '12', '--test-per-class', '5', '--batch-size', '16', '--seeds', '0', *extra]
+
+
+# --- augmentation ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('top,left,flip', [(0, 0, False), (8, 8, False), (3, 6, False), (4, 4, True), (7, 1, True)])
+def test_crop_flip_matches_torchvision(top, left, flip, monkeypatch):
+    transforms = pytest.importorskip('torchvision.transforms')
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    monkeypatch.setattr(transforms.RandomCrop, 'get_params', staticmethod(lambda img, size: (top, left, 32, 32)))
+    reference = transforms.Compose([transforms.RandomCrop(32, padding=4),
+                                    transforms.RandomHorizontalFlip(p=1. if flip else 0.)])
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    n = len(images)
+    ours = ablation.crop_flip(padded, torch.full((n,), top), torch.full((n,), left), torch.full((n,), flip))
+    for img, out in zip(images, ours):
+        assert torch.equal(out, reference(img))
+
+
+def test_crop_params_in_bounds_and_centre_crop_is_identity():
+    generator = torch.Generator().manual_seed(0)
+    top, left, flip = ablation.random_crop_flip_params(20000, 4, generator, torch.device('cpu'))
+    for offsets in (top, left):
+        assert offsets.min() == 0 and offsets.max() == 8
+        assert len(torch.unique(offsets)) == 9
+    assert 0.45 < flip.float().mean() < 0.55
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    four = torch.full((4,), 4)
+    assert torch.equal(ablation.crop_flip(padded, four, four, torch.zeros(4, dtype=torch.bool)), images)
+    assert torch.equal(ablation.crop_flip(padded, four, four, torch.ones(4, dtype=torch.bool)), images.flip(-1))
+
+
+def test_augment_epoch_is_seeded_and_normalised():
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    labels = torch.arange(10)
+    order = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    runs = [ablation.augment_epoch(padded, labels, order, torch.Generator().manual_seed(7), mean, std, torch.float32,
+                                   channels_last=True, chunk=3) for _ in range(2)]
+    (x, y), (x2, _) = runs
+    assert torch.equal(x, x2) and torch.equal(y, labels[order])
+    assert x.shape == (8, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+    assert -2. - 1e-6 <= x.min() and x.max() <= 2. + 1e-6  # (0 - 0.5) / 0.25 and (1 - 0.5) / 0.25
+    top, left, flip = ablation.random_crop_flip_params(3, 4, torch.Generator().manual_seed(7), torch.device('cpu'))
+    expected = ablation.normalize(ablation.crop_flip(padded[order[:3]], top, left, flip), mean, std, torch.float32,
+                                  False)
+    assert torch.allclose(x[:3], expected)  # the first chunk of 3 draws its offsets first
+
+
+# --- long-tailed data, schedule, initialisation ----------------------------------------------------------------------
+
+def test_lt_counts_profile_and_scaling():
+    counts, imbalance = ablation.lt_counts(5000, 10, 100)
+    assert counts == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50] and imbalance == 100
+    counts, imbalance = ablation.lt_counts(500, 10, 100)
+    assert counts == [500, 299, 179, 107, 64, 38, 23, 13, 8, 5] and imbalance == 100
+    counts, imbalance = ablation.lt_counts(50, 10, 100)  # the tail would be empty at IF 100: IF 50, tail of 1
+    assert counts[0] == 50 and counts[-1] == 1 and imbalance == 50
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_lt_subset_is_create_lt_datasets(cifar10_small):
+    ours = ablation.select_samples(cifar10_small, 100, 100., 0, 20)
+    train_ds, val_ds, info = create_lt_datasets(str(cifar10_small), val_split='test', imbalance=100, lt_seed=0)
+    assert [ours['train_ds'].samples[i] for i in ours['train_idx']] == train_ds.samples
+    assert ours['counts'] == info.class_counts == [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]
+    assert len(ours['test_idx']) == 200 and ours['class_names'][0] == 'airplane'
+
+
+def test_schedule_is_ldam_drw():
+    s = ablation.Schedule.for_epochs(200)
+    assert [s.lr_at(e) for e in range(6)] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1])
+    assert s.lr_at(159) == pytest.approx(0.1)
+    assert s.lr_at(160) == s.lr_at(179) == pytest.approx(1e-3)
+    assert s.lr_at(180) == s.lr_at(199) == pytest.approx(1e-5)
+    assert s.milestones == (160, 180) and s.drw_epoch == 160
+    short = ablation.Schedule.for_epochs(100)
+    assert short.milestones == (80, 90) and short.warmup_epochs == 5
+    assert [short.lr_at(e) for e in range(3)] == [s.lr_at(e) for e in range(3)]  # --fit may switch after 3 epochs
+
+
+def test_same_initialisation_for_every_row_of_a_seed():
+    ce = ablation.build_model(ROWS['ce'], 0).state_dict()
+    for name in ('cosine_s16', 'camc_global', 'camc_class'):
+        other = ablation.build_model(ROWS[name], 0).state_dict()
+        shared = [k for k in ce if k in other and other[k].shape == ce[k].shape]
+        assert 'head.fc.weight' in shared and len(shared) >= len(ce) - 1
+        assert all(torch.equal(ce[k], other[k]) for k in shared), name
+    seed1 = ablation.build_model(ROWS['ce'], 1).state_dict()
+    assert not torch.equal(ce['conv1.weight'], seed1['conv1.weight'])
+
+
+def test_rows_build_and_ldam_follows_schedule():
+    schedule = ablation.Schedule.for_epochs(200)
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    loss = ablation.build_loss(ROWS['camc_global_ldam_drw'], counts, schedule).criterion
+    assert loss.drw_epoch == 160 and loss.logit_scale_in == 16. and loss.scale == 30.
+    assert ablation.build_loss(ROWS['ldam_drw'], counts, schedule).criterion.logit_scale_in == 1.
+    names, modes = ablation.loss_modes(ablation.build_loss(ROWS['ldam_drw'], counts, schedule), 200)
+    assert names == ('drw_active',) and modes == {(False,): 0, (True,): 160}
+    assert ablation.loss_modes(ablation.build_loss(ROWS['la_cosine'], counts, schedule), 200) == ((), {(): 0})
+    assert {r.name for r in ablation.ROWS} >= {'ce', 'cosine_s8', 'cosine_s16', 'cosine_s32', 'camc_global',
+                                               'camc_class', 'camc_global_linear', 'la_linear', 'la_cosine',
+                                               'ldam_drw', 'camc_global_la', 'camc_global_ldam_drw'}
+
+
+def test_plan_runs_priority():
+    runs = ablation.plan_runs(list(ablation.ROWS), [0, 1])
+    assert len(runs) == 2 * len(ablation.ROWS)
+    keys = [r.key for r in runs]
+    tier0 = [r for r in ablation.ROWS if r.tier == 0]
+    assert {k for k in keys[:2 * len(tier0)]} == {f'{r.name}/s{s}' for r in tier0 for s in (0, 1)}
+    assert [r.row.tier for r in runs] == sorted(r.row.tier for r in runs)
+
+
+def test_fit_plan_policies():
+    priority = [f'r{i}' for i in range(10)]
+    reports = [dict(runs=priority[:6], epoch_s=3.), dict(runs=priority[6:], epoch_s=2.)]  # 2 + 2 = 4 epochs/s
+    # every run for 200 epochs: 10 * 197 / 4 * 1.15 = 566 s
+    plan = ablation.fit_plan(reports, priority, 200, 3, 600., 'auto', priority[:4])
+    assert plan['epochs'] == 200 and plan['keep'] == priority and not plan['drop']
+    plan = ablation.fit_plan(reports, priority, 200, 3, 300., 'rows', priority[:4])
+    assert plan['epochs'] == 200 and plan['keep'] == priority[:5] and plan['predicted_s'] <= 300
+    plan = ablation.fit_plan(reports, priority, 200, 3, 300., 'auto', priority[:4])  # the core fits: breadth next
+    assert plan['keep'] == priority[:5]
+    plan = ablation.fit_plan(reports, priority, 200, 3, 150., 'auto', priority[:4])  # it does not: shorter core
+    assert plan['keep'] == priority[:4] and plan['epochs'] == 130 and plan['predicted_s'] <= 150
+    plan = ablation.fit_plan(reports, priority, 200, 3, 150., 'epochs', priority[:4])
+    assert plan['keep'] == priority and plan['epochs'] == 50
+    plan = ablation.fit_plan(reports, priority, 200, 3, 1., 'epochs', priority[:4])
+    assert plan['epochs'] == 25  # never below the warm-up-preserving minimum; the time budget stops the rest
+
+
+def test_scale_labels():
+    cfg = ablation.TrainConfig(epochs=200)
+    full = dict(train_per_class_max=5000, test_per_class=1000, lt_seed=0)
+    assert ablation.scale_label('cuda', 200, 200, full, cfg) == 'full'
+    assert ablation.scale_label('cuda', 200, 150, full, cfg) == 'reduced'
+    assert ablation.scale_label('cuda', 100, 100, full, cfg) == 'reduced'
+    assert ablation.scale_label('cuda', 200, 200, dict(full, train_per_class_max=500), cfg) == 'reduced'
+    assert ablation.scale_label('cuda', 200, 200, full, ablation.TrainConfig(epochs=200, batch_size=256)) == 'reduced'
+    assert ablation.scale_label('cpu', 2, 2, dict(full, train_per_class_max=50), cfg) == 'cpu-dry-run'
+    assert ablation.scale_label('cpu', 15, 15, dict(full, train_per_class_max=500), cfg) == 'cpu-reduced'
+
+
+# --- runs on the CPU --------------------------------------------------------------------------------------------------
+
+def test_reset_restores_the_initial_state(cifar10_small, work_dir):
+    meta = ablation.prepare_data(str(cifar10_small), '', work_dir, 12, 100., 0, 5)
+    data = ablation.DeviceData(meta, torch.device('cpu'))
+    cfg = ablation.TrainConfig(epochs=2, batch_size=16, amp='', channels_last=False, cuda_graphs=False)
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    trainer = ablation.RunTrainer(ablation.RunSpec(ROWS['camc_global'], 0, 0), data, cfg,
+                                  ablation.Schedule.for_epochs(2), mean, std)
+    snapshots = []
+    for _ in range(2):
+        trainer.begin_epoch(0)
+        for step in range(2):
+            trainer.train_step(step)
+        snapshots.append(trainer._snapshot())
+        trainer.reset()
+    assert torch.equal(trainer._snapshot(), ablation.RunTrainer(
+        ablation.RunSpec(ROWS['camc_global'], 0, 0), data, cfg, ablation.Schedule.for_epochs(2), mean, std)._snapshot())
+    assert torch.equal(snapshots[0], snapshots[1])
+    assert trainer.model.head.calib.prototypes.abs().sum() == 0  # reset empties the prototypes as well
+
+
+def test_cpu_run_writes_records_and_report(cifar10_small, work_dir, tmp_path):
+    out = ablation.main(_tiny_args(cifar10_small, work_dir, tmp_path, '--epochs', '1', '--rows', 'ce,camc_global'))
+    path = Path(out['path'])
+    assert path.name == 'ablation_cpu_dry_run.json'
+    doc = json.loads(path.read_text())
+    assert doc['scale'] == 'cpu-dry-run' and 'says nothing about accuracy' in doc['note']
+    assert not doc['failed'] and len(doc['records']) == 2
+    for rec in doc['records']:
+        assert rec['scale'] == 'cpu-dry-run' and rec['complete'] and rec['epochs_completed'] == 1
+        assert 0 <= rec['top1'] <= 100 and len(rec['per_class']) == 10 and rec['test_samples'] == 50
+        for key in ('head', 'medium', 'tail', 'many_shot', 'medium_shot', 'few_shot', 'model_kwargs', 'loss', 'seed',
+                    'wall_s', 'device_name', 'torch', 'timm', 'git_commit', 'command', 'train_loss', 'schedule'):
+            assert key in rec
+        counts = ablation.lt_counts(12, 10, 12)[0]
+        assert rec['data']['class_counts'] == counts and rec['data']['imbalance'] == 12
+        assert rec['recipe']['steps_per_epoch'] == sum(counts) // 16 == 2
+    assert [r['row'] for r in doc['records']] == ['ce', 'camc_global']
+    text = ablation_report.render(ablation_report.load_records([str(path)]))
+    assert '`cpu-dry-run`' in text and 'CPU dry run' in text and '`camc_global`' in text
+    assert 'vs `cosine_s16`' not in text  # no counterpart in this run, no paired difference
+    with pytest.raises(ablation_report.NotBenchmarkError):
+        ablation_report.render(doc['records'], benchmark=True)
+    assert ablation_report.main([str(path), '--benchmark']) == 2
+
+
+def test_time_budget_stops_and_records_progress(cifar10_small, work_dir, tmp_path, epoch_clock):
+    out = ablation.main(_tiny_args(cifar10_small, work_dir, tmp_path, '--epochs', '6', '--rows', 'ce',
+                                   '--time-budget', '35', '--reserve', '0'))
+    (rec,) = out['records']  # epochs start at 0, 10, 20 s; one starting at 30 s would end after 35 s
+    assert rec['epochs_completed'] == 3 and not rec['complete'] and rec['stop_reason'] == 'time_budget'
+    assert rec['top1'] is not None and len(rec['train_loss_curve']) == rec['epochs_completed']
+    table = ablation_report.render(out['records'])
+    assert 'Incomplete runs' in table and 'planned 6' in table
+
+
+def test_time_budget_in_worker_processes(cifar10_small, work_dir, tmp_path):
+    """Two processes (spawned): a budget that is over at once still gives one evaluated record per run."""
+    out = ablation.main(_tiny_args(cifar10_small, work_dir, tmp_path, '--epochs', '2', '--rows', 'ce,cosine_s16',
+                                   '--procs', '2', '--time-budget', '0.001', '--reserve', '0'))
+    assert not out['failed']
+    assert sorted(r['row'] for r in out['records']) == ['ce', 'cosine_s16']
+    assert sorted(r['process'] for r in out['records']) == [0, 1]
+    for rec in out['records']:
+        assert rec['epochs_completed'] == 0 and rec['stop_reason'] == 'time_budget' and rec['top1'] is not None
+
+
+def test_fit_auto_drops_breadth_then_shortens_the_core(cifar10_small, work_dir, tmp_path, epoch_clock):
+    """Every run-epoch takes 10 s, so 0.1 epochs/s in all. After epoch 1 (at 20 s, 280 s left) not even the tier-0
+    run fits 40 epochs (39 / 0.1 x 1.15 = 449 s): the tier-2 run is dropped and the core shortened to the longest
+    schedule that fits (25); the re-check after epoch 2 keeps it, and the run completes."""
+    out = ablation.main(_tiny_args(cifar10_small, work_dir, tmp_path, '--epochs', '40', '--rows', 'ce,cosine_s8',
+                                   '--fit', 'auto', '--calib-epochs', '1', '--time-budget', '300', '--reserve', '0'))
+    first, second = out['fit']
+    assert first['keep'] == ['ce/s0'] and first['drop'] == ['cosine_s8/s0'] and first['epochs'] == 25
+    assert first['rate_epochs_per_s'] == pytest.approx(0.1) and first['time_left_s'] == pytest.approx(280.)
+    assert second['keep'] == ['ce/s0'] and second['epochs'] == 25 and second['at_epoch'] == 2
+    assert [s['run'] for s in out['skipped']] == ['cosine_s8/s0']
+    (rec,) = out['records']
+    assert rec['complete'] and rec['epochs'] == rec['epochs_completed'] == 25
+    assert rec['schedule']['milestones'] == [20, 22] and rec['schedule']['warmup_epochs'] == 5
+    assert rec['scale'] == 'cpu-dry-run'
+
+
+class _EagerGraph:
+    """Stands in for a captured CUDA graph on the CPU: replays the step eagerly, optionally with the learning rate
+    it would have baked in at capture time (the bug the replay-vs-eager check must catch)."""
+
+    def __init__(self, trainer, bake_lr):
+        self.trainer, self.baked = trainer, trainer.lr.clone() if bake_lr else None
+
+    def replay(self):
+        t = self.trainer
+        t.optimizer.zero_grad(set_to_none=True)
+        current = t.lr.clone()
+        if self.baked is not None:
+            t.lr.copy_(self.baked)
+        t._step_body()
+        t.lr.copy_(current)
+
+
+@pytest.mark.parametrize('bake_lr', [False, True])
+def test_graph_path_modes_check_and_reset(cifar10_small, work_dir, monkeypatch, bake_lr):
+    """The graph set-up on the CPU with eager stand-ins for the graphs: one graph per loss mode (LDAM before and
+    after DRW), selected per epoch, the replay-vs-eager check, and the reset to the initial state."""
+    monkeypatch.setattr(ablation.RunTrainer, '_capture_step', lambda self: _EagerGraph(self, bake_lr))
+    meta = ablation.prepare_data(str(cifar10_small), '', work_dir, 12, 100., 0, 5)
+    data = ablation.DeviceData(meta, torch.device('cpu'))
+    cfg = ablation.TrainConfig(epochs=10, batch_size=16, amp='', channels_last=False, cuda_graphs=False)
+    spec = ablation.RunSpec(ROWS['camc_global_ldam_drw'], 0, 0)
+    schedule = ablation.Schedule.for_epochs(10)  # DRW from epoch 8
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    trainer = ablation.RunTrainer(spec, data, cfg, schedule, mean, std)
+    fresh = trainer._snapshot()
+    trainer._setup_graphs()
+    assert torch.equal(trainer._snapshot(), fresh)  # warm-up and check leave no trace
+    if bake_lr:  # the check compares a replay with an eager step at a learning rate unlike the one at capture
+        assert not trainer.graph_info['check']['ok'] and not trainer.graph_info['used'] and not trainer.graphs
+        return
+    assert trainer.graph_info == dict(used=True, modes=2, check=dict(ok=True, rel_update_diff=0.))
+    assert trainer.mode_names == ('drw_active',)
+    trainer.begin_epoch(0)
+    assert trainer.graph is trainer.graphs[(False,)]
+    trainer.begin_epoch(8)
+    assert trainer.graph is trainer.graphs[(True,)] and trainer.loss_fn.criterion.weight is not None
+    trainer.train_step(0)
+    assert trainer._snapshot().ne(fresh).any()

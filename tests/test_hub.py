@@ -139,9 +139,8 @@ def published(hub, run, tmp_path_factory):
 
 
 # the loading side, in a fresh process: cold cache online, then (second script) the warm cache offline
-_ONLINE_CLIENT = r'''
+_CLIENT_PRELUDE = r'''
 import json, os, sys, torch, timm, timm_camc
-from timm_camc.hub import verify_weights
 spec = json.loads(sys.argv[1])
 ref = torch.load(spec['reference'])
 repo, out = spec['repo'], {}
@@ -152,9 +151,13 @@ def attempt(key, fn):
     except Exception as e:
         out[key] = {'error': type(e).__name__, 'message': str(e)}
 
-def same(model, which='ema'):
+def same(model):
     with torch.no_grad():
-        return bool(torch.equal(model.eval()(ref['x']), ref[which]))
+        return bool(torch.equal(model.eval()(ref['x']), ref['ema']))
+'''
+
+_ONLINE_CLIENT = _CLIENT_PRELUDE + r'''
+from timm_camc.hub import verify_weights
 
 def finetune():
     state = timm.create_model(f'hf-hub:{repo}', pretrained=True, num_classes=5).state_dict()
@@ -178,22 +181,7 @@ attempt('tampered_verify', lambda: verify_weights(spec['tampered']))
 print(json.dumps(out))
 '''
 
-_OFFLINE_CLIENT = r'''
-import json, sys, torch, timm, timm_camc
-spec = json.loads(sys.argv[1])
-ref = torch.load(spec['reference'])
-repo, out = spec['repo'], {}
-
-def attempt(key, fn):
-    try:
-        out[key] = fn()
-    except Exception as e:
-        out[key] = {'error': type(e).__name__, 'message': str(e)}
-
-def same(model):
-    with torch.no_grad():
-        return bool(torch.equal(model.eval()(ref['x']), ref['ema']))
-
+_OFFLINE_CLIENT = _CLIENT_PRELUDE + r'''
 tag = 'resnet32_camc_lt.cifar10_lt_r100'
 attempt('hf_hub', lambda: same(timm.create_model(f'hf-hub:{repo}', pretrained=True)))
 attempt('tag', lambda: same(timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=repo))))

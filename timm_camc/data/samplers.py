@@ -303,25 +303,16 @@ class ClassPowerSampler(LongTailSampler):
             self,
             targets: TargetsType,
             power: float,
-            num_samples: Optional[int] = None,
-            num_replicas: Optional[int] = None,
-            rank: Optional[int] = None,
-            seed: int = 0,
-            num_classes: Optional[int] = None,
+            **kwargs,
     ):
         """
         Args:
             targets: Class label of each dataset sample.
             power: Exponent ``q`` of ``p_j ∝ n_j ** q``.
-            num_samples: Indices per epoch over all ranks; default ``len(targets)``.
-            num_replicas: Number of distributed ranks; default from ``torch.distributed``, else 1.
-            rank: This process's rank; default from ``torch.distributed``, else 0.
-            seed: Base seed; epoch ``e`` uses ``seed + e``.
-            num_classes: Number of classes; default ``max(targets) + 1``.
+            **kwargs: ``num_samples``, ``num_replicas``, ``rank``, ``seed``, ``num_classes`` of ``LongTailSampler``.
         """
         self.power = _check_float('power', power)
-        super().__init__(
-            targets, num_samples=num_samples, num_replicas=num_replicas, rank=rank, seed=seed, num_classes=num_classes)
+        super().__init__(targets, **kwargs)
         self._probs = _power_probs(self.counts, self.power)
 
     def class_probs(self, epoch: Optional[int] = None) -> torch.Tensor:
@@ -344,25 +335,16 @@ class ProgressiveSampler(LongTailSampler):
             self,
             targets: TargetsType,
             total_epochs: int,
-            num_samples: Optional[int] = None,
-            num_replicas: Optional[int] = None,
-            rank: Optional[int] = None,
-            seed: int = 0,
-            num_classes: Optional[int] = None,
+            **kwargs,
     ):
         """
         Args:
             targets: Class label of each dataset sample.
             total_epochs: Epoch ``T`` at which sampling becomes fully class-balanced.
-            num_samples: Indices per epoch over all ranks; default ``len(targets)``.
-            num_replicas: Number of distributed ranks; default from ``torch.distributed``, else 1.
-            rank: This process's rank; default from ``torch.distributed``, else 0.
-            seed: Base seed; epoch ``e`` uses ``seed + e``.
-            num_classes: Number of classes; default ``max(targets) + 1``.
+            **kwargs: ``num_samples``, ``num_replicas``, ``rank``, ``seed``, ``num_classes`` of ``LongTailSampler``.
         """
         self.total_epochs = _check_int('total_epochs', total_epochs, 1)
-        super().__init__(
-            targets, num_samples=num_samples, num_replicas=num_replicas, rank=rank, seed=seed, num_classes=num_classes)
+        super().__init__(targets, **kwargs)
 
     def class_probs(self, epoch: Optional[int] = None) -> torch.Tensor:
         """``p_j(t) = (1 - t / T) * p_j^IB + (t / T) * p_j^CB`` for ``t = clip(epoch, 0, T)``."""
@@ -387,25 +369,16 @@ class ClassAwareSampler(LongTailSampler):
             self,
             targets: TargetsType,
             samples_per_class: int = 1,
-            num_samples: Optional[int] = None,
-            num_replicas: Optional[int] = None,
-            rank: Optional[int] = None,
-            seed: int = 0,
-            num_classes: Optional[int] = None,
+            **kwargs,
     ):
         """
         Args:
             targets: Class label of each dataset sample.
             samples_per_class: Consecutive draws per class visit.
-            num_samples: Indices per epoch over all ranks; default ``len(targets)``.
-            num_replicas: Number of distributed ranks; default from ``torch.distributed``, else 1.
-            rank: This process's rank; default from ``torch.distributed``, else 0.
-            seed: Base seed; epoch ``e`` uses ``seed + e``.
-            num_classes: Number of classes; default ``max(targets) + 1``.
+            **kwargs: ``num_samples``, ``num_replicas``, ``rank``, ``seed``, ``num_classes`` of ``LongTailSampler``.
         """
         self.samples_per_class = _check_int('samples_per_class', samples_per_class, 1)
-        super().__init__(
-            targets, num_samples=num_samples, num_replicas=num_replicas, rank=rank, seed=seed, num_classes=num_classes)
+        super().__init__(targets, **kwargs)
 
     def class_probs(self, epoch: Optional[int] = None) -> torch.Tensor:
         """Expected class frequencies: uniform over the classes with samples (exact, by symmetry of the cycles)."""
@@ -461,26 +434,18 @@ class RepeatFactorSampler(LongTailSampler):
             self,
             targets: TargetsType,
             threshold: float = 0.001,
-            num_samples: Optional[int] = None,
-            num_replicas: Optional[int] = None,
-            rank: Optional[int] = None,
-            seed: int = 0,
-            num_classes: Optional[int] = None,
+            **kwargs,
     ):
         """
         Args:
             targets: Class label of each dataset sample.
             threshold: Frequency ``t`` below which classes are over-sampled (LVIS uses 0.001).
-            num_samples: Indices per epoch over all ranks; default ``round(sum_i r_i)``.
-            num_replicas: Number of distributed ranks; default from ``torch.distributed``, else 1.
-            rank: This process's rank; default from ``torch.distributed``, else 0.
-            seed: Base seed; epoch ``e`` uses ``seed + e``.
-            num_classes: Number of classes; default ``max(targets) + 1``.
+            **kwargs: ``num_samples``, ``num_replicas``, ``rank``, ``seed``, ``num_classes`` of ``LongTailSampler``
+                (here ``num_samples`` defaults to ``round(sum_i r_i)``).
         """
         self.threshold = _check_float('threshold', threshold, positive=True)
         self.class_repeat_factors = None
-        super().__init__(
-            targets, num_samples=num_samples, num_replicas=num_replicas, rank=rank, seed=seed, num_classes=num_classes)
+        super().__init__(targets, **kwargs)
 
     def _default_num_samples(self) -> int:
         # runs inside the base __init__ once counts exist, whether or not num_samples is given

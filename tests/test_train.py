@@ -175,6 +175,10 @@ def test_bad_config_and_data_dir(tmp_path):
     assert res.returncode == 2 and 'unknown option(s) in' in res.stderr and 'learning_rate' in res.stderr
     res = _run(sys.executable, 'train.py', '--data-dir', str(tmp_path / 'missing'), '--output', str(tmp_path))
     assert res.returncode == 2 and 'Data folder not found' in res.stderr
+    res = _run(sys.executable, 'train.py', '--dataset', 'torch/cifar10', '--data-dir', str(tmp_path),
+               '--output', str(tmp_path))
+    assert res.returncode == 2 and 'is not there (add --dataset-download)' in res.stderr, res.stderr[-2000:]
+    assert 'Traceback' not in res.stderr
 
 
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise(cifar10_small, tmp_path):

@@ -76,8 +76,14 @@ def create_lt_datasets(
         ValueError: No images, a class without training images, labels beyond ``num_classes``.
     """
     if dataset.startswith(('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')):
-        train_ds = create_dataset(dataset, root=data_dir, split=train_split, is_training=True, download=download)
-        val_ds = create_dataset(dataset, root=data_dir, split=val_split, download=download) if val_split else None
+        try:
+            train_ds = create_dataset(dataset, root=data_dir, split=train_split, is_training=True, download=download)
+            val_ds = create_dataset(dataset, root=data_dir, split=val_split, download=download) if val_split else None
+        except (OSError, RuntimeError) as e:  # torchvision: not found / download failed (no internet)
+            action = 'could not be downloaded' if download else 'is not there (add --dataset-download)'
+            raise FileNotFoundError(
+                f'Dataset {dataset} in {data_dir!r} {action}: {e}. Without internet, give a class-per-folder '
+                f'tree (train/<class>/*, plus a validation split) with --data-dir and no --dataset.') from e
     elif dataset:
         raise ValueError(f'Unknown dataset source {dataset!r}: leave it empty for an image folder or list files, '
                          f'or use one of timm\'s sources such as torch/cifar10')

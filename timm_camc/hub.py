@@ -18,7 +18,6 @@ Loading:
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
-import argparse
 import hashlib
 import inspect
 import json
@@ -43,10 +42,10 @@ from safetensors.torch import save_file
 import timm
 from timm.models import is_model, resolve_pretrained_cfg, split_model_name_tag
 from timm.models._builder import _resolve_pretrained_source
-from timm.models._helpers import _torch_load, clean_state_dict
+from timm.models._helpers import clean_state_dict
 from timm.models._hub import hf_split, save_config_for_hf
 
-from .utils import camc_model_kwargs
+from .utils import CAMC_MODEL_KWARGS, camc_model_kwargs, checkpoint_args, read_checkpoint
 from .version import __version__
 from .weights import (
     DATASETS, HUB_ORG, METRIC_KEYS, WEIGHTS, Dataset, PretrainedWeights, find_weights, format_accuracy,
@@ -78,7 +77,6 @@ _LOCAL_ARGS = frozenset((
     'pretrained_path', 'device', 'workers', 'pin_mem', 'no_prefetcher', 'local_rank', 'rank', 'world_size',
     'distributed', 'log_interval', 'checkpoint_hist', 'class_names', 'class_counts',
 ))
-_HEAD_KWARGS = ('camc', 'norm_classifier', 'cosine_scale', 'learn_scale', 'proto_momentum', 'camc_topk', 'aux_weight')
 _DATA_CONFIG_ARGS = ('input_size', 'img_size', 'crop_pct', 'mean', 'std', 'interpolation')
 _CITATION = """@article{zhang2021camc,
   title={Calibrating Class Activation Maps for Long-Tailed Visual Recognition},
@@ -145,16 +143,13 @@ def load_trained_checkpoint(path: str, use_ema: bool, model_name: Optional[str] 
         ValueError: Not a train.py checkpoint of a CAMC model, no EMA weights, or another arch or class count than
             its options say or than ``model_name``.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'Checkpoint not found: {path}')
     try:
-        checkpoint = _torch_load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f'Cannot read checkpoint {path}: {e}') from e
+        checkpoint = read_checkpoint(path)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from e
     if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
         raise ValueError(f'{path} is not a train.py checkpoint (no "state_dict" entry)')
-    args = checkpoint.get('args')
-    args = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {})
+    args = checkpoint_args(checkpoint)
 
     if use_ema and checkpoint.get('state_dict_ema') is None:
         raise ValueError(f'{path} has no EMA weights (the run did not use --model-ema): publish them with --raw')
@@ -283,7 +278,7 @@ def camc_head_kwargs(model: nn.Module) -> Dict[str, Any]:
     """
     params = inspect.signature(type(model).__init__).parameters
     given = getattr(model, '_model_args', {})
-    return {n: given.get(n, params[n].default) for n in _HEAD_KWARGS}
+    return {n: given.get(n, params[n].default) for n in CAMC_MODEL_KWARGS}
 
 
 def build_trained_model(checkpoint: TrainedCheckpoint, tag: str) -> nn.Module:

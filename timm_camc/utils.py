@@ -15,7 +15,10 @@ from timm.models import load_checkpoint
 
 from .layers import NormedLinear
 
-__all__ = ['CAMC_ARG_NAMES', 'camc_model_kwargs', 'create_eval_model', 'read_checkpoint_args', 'tau_normalize_']
+__all__ = [
+    'CAMC_ARG_NAMES', 'CAMC_MODEL_KWARGS', 'camc_model_kwargs', 'checkpoint_args', 'create_eval_model',
+    'read_checkpoint', 'read_checkpoint_args', 'tau_normalize_',
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -24,6 +27,8 @@ CAMC_ARG_NAMES = dict(
     camc='camc', cosine_scale='cosine_scale', learn_scale='learn_scale', proto_momentum='proto_momentum',
     camc_topk='camc_topk', aux_weight='aux_weight',
 )
+# every model kwarg of the CAMC head (train.py's --linear-classifier sets norm_classifier)
+CAMC_MODEL_KWARGS = ('camc', 'norm_classifier', *(k for k in CAMC_ARG_NAMES.values() if k != 'camc'))
 
 
 def camc_model_kwargs(model_name: str, args: Any) -> Dict[str, Any]:
@@ -40,7 +45,13 @@ def camc_model_kwargs(model_name: str, args: Any) -> Dict[str, Any]:
     return kwargs
 
 
-def _read_checkpoint(path: str) -> Any:
+def read_checkpoint(path: str) -> Any:
+    """A train.py checkpoint as a dict (tensors memory-mapped; ``{}`` for a safetensors file).
+
+    Raises:
+        FileNotFoundError: No such file.
+        RuntimeError: Not a readable PyTorch checkpoint.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Checkpoint not found: {path}')
     if path.endswith('.safetensors'):
@@ -59,10 +70,11 @@ def read_checkpoint_args(path: str) -> Dict[str, Any]:
         FileNotFoundError: No such file.
         RuntimeError: Not a readable PyTorch checkpoint.
     """
-    return _checkpoint_args(_read_checkpoint(path))
+    return checkpoint_args(read_checkpoint(path))
 
 
-def _checkpoint_args(checkpoint: Any) -> Dict[str, Any]:
+def checkpoint_args(checkpoint: Any) -> Dict[str, Any]:
+    """The training options of a loaded train.py checkpoint, as a dict (``{}`` when it has none)."""
     args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
     if args is None:
         return {}
@@ -85,8 +97,8 @@ def create_eval_model(
         FileNotFoundError: No such checkpoint.
         ValueError: The checkpoint does not fit the model (the message names the tensors and shapes).
     """
-    state = _read_checkpoint(checkpoint) if checkpoint else {}
-    ckpt_args = _checkpoint_args(state)
+    state = read_checkpoint(checkpoint) if checkpoint else {}
+    ckpt_args = checkpoint_args(state)
     if use_ema and not {'state_dict_ema', 'model_ema'} & set(state):
         raise ValueError(f'--use-ema: checkpoint {checkpoint or "(none)"} has no EMA weights (train with --model-ema)')
     num_classes = num_classes or ckpt_args.get('num_classes')

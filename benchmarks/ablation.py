@@ -42,12 +42,11 @@ import os
 import platform
 import queue
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -64,6 +63,7 @@ from timm_camc.loss import CamcLoss, create_loss
 from timm_camc.metrics import LongTailMetrics, default_class_groups
 
 import ablation_report
+from bench_utils import cpu_model, git
 
 _logger = logging.getLogger('ablation')
 
@@ -896,23 +896,11 @@ def scale_label(device_type: str, epochs_planned: int, epochs_completed: int, da
 def device_name(device: torch.device) -> str:
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip() + f' ({os.cpu_count()} threads)'
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return f'{cpu_model()} ({os.cpu_count()} threads)'
 
 
 def environment() -> Dict[str, Any]:
     """Versions, git commit and a hash of the code that ran (the device copy of the tree may have no .git)."""
-    def git(*cmd):
-        try:
-            return subprocess.run(['git', *cmd], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ''
     digest = hashlib.sha256()
     for path in sorted([Path(__file__).resolve(), *(REPO / 'timm_camc').rglob('*.py')]):
         digest.update(path.relative_to(REPO).as_posix().encode())

@@ -9,23 +9,31 @@ import torch
 import timm
 import timm_camc
 
-__all__ = ['git_commit', 'machine_info']
+__all__ = ['cpu_model', 'git', 'git_commit', 'machine_info']
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``platform.processor()`` is often empty on Linux)."""
     try:
         with open('/proc/cpuinfo') as f:
             return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), '')
     except OSError:
-        return platform.processor()
+        return platform.processor() or platform.machine()
+
+
+def git(*args: str) -> str:
+    """Output of a git command in this checkout, '' where git or the checkout is missing (e.g. a device copy)."""
+    try:
+        return subprocess.run(['git', *args], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ''
 
 
 def git_commit() -> str:
     """Short hash of the checked-out commit ('' outside a git checkout), with '+dirty' for local changes."""
-    repo = Path(__file__).resolve().parent
-    run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True, cwd=repo).stdout.strip()  # noqa: E731
-    commit = run('git', 'rev-parse', '--short', 'HEAD')
-    return commit + ('+dirty' if commit and run('git', 'status', '--porcelain', '--untracked-files=no') else '')
+    commit = git('rev-parse', '--short', 'HEAD')
+    return commit + ('+dirty' if commit and git('status', '--porcelain', '--untracked-files=no') else '')
 
 
 def machine_info(device: str = 'cpu') -> dict:
@@ -33,8 +41,8 @@ def machine_info(device: str = 'cpu') -> dict:
     is_cuda = torch.device(device).type == 'cuda'
     return dict(
         device=str(device),
-        device_name=torch.cuda.get_device_name(torch.device(device)) if is_cuda else _cpu_model(),
-        cpu_model=_cpu_model(),
+        device_name=torch.cuda.get_device_name(torch.device(device)) if is_cuda else cpu_model(),
+        cpu_model=cpu_model(),
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         platform=platform.platform(),

@@ -11,7 +11,6 @@ refuses it outright.
 """
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path

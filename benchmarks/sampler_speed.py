@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import timm_camc
 from bench_utils import machine_info
 from timm_camc.data import create_sampler
 

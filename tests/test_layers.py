@@ -1,5 +1,4 @@
 """The CAMC head against a per-image, per-class reference implementation, plus its numerics and training state."""
-import os
 
 import pytest
 import torch

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import timm
 from timm.data import create_transform, resolve_data_config
 
 from timm_camc.data import ImageListDataset, dataset_targets, read_list_file

@@ -58,7 +58,8 @@ import torch.nn.functional as F
 import timm
 import timm_camc
 from timm.optim import param_groups_weight_decay
-from timm_camc.data import ImageListDataset, create_sampler, long_tail_counts, long_tail_indices
+from timm_camc.data import ImageListDataset, create_sampler, decode_images, long_tail_counts, long_tail_indices
+from timm_camc.data.in_memory import augment_epoch, augment_seed, normalize
 from timm_camc.loss import CamcLoss, create_loss
 from timm_camc.metrics import LongTailMetrics, default_class_groups
 
@@ -309,15 +310,9 @@ def select_samples(
 
 
 def _decode(ds: ImageListDataset, indices: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    images = np.empty((len(indices), IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
-    labels = np.empty(len(indices), dtype=np.int64)
-    for j, i in enumerate(indices):
-        img, label = ds[i]  # the library's loader: RGB PIL image, clear errors for unreadable files
-        if img.size != (IMG_SIZE, IMG_SIZE):
-            raise ValueError(f'{ds.filename(i)} is {img.size[0]}x{img.size[1]}, expected {IMG_SIZE}x{IMG_SIZE}')
-        images[j] = np.asarray(img)
-        labels[j] = label
-    return images, labels
+    """The library's decoder (clear errors for unreadable files and other sizes), cached as (N, H, W, 3) arrays."""
+    images, labels = decode_images(ds, indices, size=(IMG_SIZE, IMG_SIZE))
+    return images.permute(0, 2, 3, 1).numpy(), labels.numpy()
 
 
 def prepare_data(
@@ -369,88 +364,6 @@ def prepare_data(
     _logger.info(f'Data ready in {meta["prepare_s"]}s: {meta["train_size"]} training images {counts}, '
                  f'{meta["test_size"]} test images')
     return meta
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Augmentation on the device
-
-def crop_flip(padded: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor,
-              size: int = IMG_SIZE) -> torch.Tensor:
-    """Batched crop of ``size`` x ``size`` windows at (``top``, ``left``) of padded images, mirrored where ``flip``.
-
-    The same as torchvision's ``RandomCrop(size, padding)`` (crop of the padded image at offset ``(top, left)``)
-    followed by ``RandomHorizontalFlip`` when ``flip``, for a whole batch in one gather.
-
-    Args:
-        padded: Images (N, C, H + 2p, W + 2p), any dtype.
-        top: Row offsets (N,), int64 in [0, 2p].
-        left: Column offsets (N,), int64 in [0, 2p].
-        flip: Horizontal flip flags (N,), bool.
-        size: Output height and width.
-
-    Returns:
-        (N, C, size, size) tensor of ``padded``'s dtype.
-    """
-    n, c, height, width = padded.shape
-    steps = torch.arange(size, device=padded.device)
-    rows = top[:, None] + steps  # N x size
-    cols = torch.where(flip[:, None], left[:, None] + (size - 1) - steps, left[:, None] + steps)
-    index = (rows[:, :, None] * width + cols[:, None, :]).reshape(n, 1, size * size).expand(n, c, size * size)
-    return padded.reshape(n, c, height * width).gather(2, index).reshape(n, c, size, size)
-
-
-def random_crop_flip_params(
-        n: int, pad: int, generator: torch.Generator, device: torch.device,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Uniform crop offsets in [0, 2 * pad] and fair-coin flips for ``n`` images, drawn from ``generator``."""
-    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
-    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
-    flip = torch.rand(n, generator=generator, device=device) < 0.5
-    return top, left, flip
-
-
-def normalize(images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype,
-              channels_last: bool) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> ``(x / 255 - mean) / std`` in ``dtype``."""
-    x = ((images_u8.float() / 255. - mean) / std).to(dtype)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
-
-
-def augment_epoch(
-        padded: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, generator: torch.Generator,
-        mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, channels_last: bool, pad: int = PAD,
-        chunk: int = 4096,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One epoch of training inputs: images ``order`` of ``padded``, randomly cropped and flipped, normalised.
-
-    Args:
-        padded: The training images, uint8 (N, 3, H + 2 pad, W + 2 pad), zero-padded (torchvision's fill).
-        labels: Their labels (N,).
-        order: Dataset indices of the epoch, in sampling order.
-        generator: Generator of the crop offsets and flips (seeded per run seed and epoch).
-        mean, std: Normalisation, broadcastable to (1, 3, 1, 1).
-        dtype: Dtype of the returned images.
-        channels_last: Return channels-last images.
-        pad: Padding already applied to ``padded``.
-        chunk: Images per batched crop (bounds the temporary index memory).
-
-    Returns:
-        Images (len(order), 3, H, W) and labels (len(order),).
-    """
-    size = padded.shape[-1] - 2 * pad
-    out = torch.empty((len(order), padded.shape[1], size, size), dtype=dtype, device=padded.device)
-    if channels_last:
-        out = out.contiguous(memory_format=torch.channels_last)
-    for start in range(0, len(order), chunk):
-        idx = order[start:start + chunk]
-        top, left, flip = random_crop_flip_params(len(idx), pad, generator, padded.device)
-        out[start:start + len(idx)] = normalize(crop_flip(padded[idx], top, left, flip, size), mean, std, dtype,
-                                                channels_last)
-    return out, labels[order]
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -753,7 +666,7 @@ class RunTrainer:
                     _logger.warning(f'{self.spec.key}: no graph for loss mode {dict(zip(self.mode_names, mode))}: '
                                     f'eager steps this epoch')
             order = self.sampler.global_indices(epoch)[:self.steps * self.cfg.batch_size].to(self.device)
-            self.generator.manual_seed(epoch_seed(self.spec.seed, epoch))
+            self.generator.manual_seed(augment_seed(self.spec.seed, epoch))
             self.epoch_x, self.epoch_y = augment_epoch(
                 self.data.train_padded, self.data.train_y, order, self.generator, self.mean, self.std,
                 self.input_dtype, self.cfg.channels_last)

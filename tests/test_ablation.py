@@ -53,54 +53,6 @@ def _tiny_args(data_dir, work_dir, out, *extra):
             '--train-per-class-max', '12', '--test-per-class', '5', '--batch-size', '16', '--seeds', '0', *extra]
 
 
-# --- augmentation ----------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize('top,left,flip', [(0, 0, False), (8, 8, False), (3, 6, False), (4, 4, True), (7, 1, True)])
-def test_crop_flip_matches_torchvision(top, left, flip, monkeypatch):
-    transforms = pytest.importorskip('torchvision.transforms')
-    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    monkeypatch.setattr(transforms.RandomCrop, 'get_params', staticmethod(lambda img, size: (top, left, 32, 32)))
-    reference = transforms.Compose([transforms.RandomCrop(32, padding=4),
-                                    transforms.RandomHorizontalFlip(p=1. if flip else 0.)])
-    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    n = len(images)
-    ours = ablation.crop_flip(padded, torch.full((n,), top), torch.full((n,), left), torch.full((n,), flip))
-    for img, out in zip(images, ours):
-        assert torch.equal(out, reference(img))
-
-
-def test_crop_params_in_bounds_and_centre_crop_is_identity():
-    generator = torch.Generator().manual_seed(0)
-    top, left, flip = ablation.random_crop_flip_params(20000, 4, generator, torch.device('cpu'))
-    for offsets in (top, left):
-        assert offsets.min() == 0 and offsets.max() == 8
-        assert len(torch.unique(offsets)) == 9
-    assert 0.45 < flip.float().mean() < 0.55
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    four = torch.full((4,), 4)
-    assert torch.equal(ablation.crop_flip(padded, four, four, torch.zeros(4, dtype=torch.bool)), images)
-    assert torch.equal(ablation.crop_flip(padded, four, four, torch.ones(4, dtype=torch.bool)), images.flip(-1))
-
-
-def test_augment_epoch_is_seeded_and_normalised():
-    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
-    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    labels = torch.arange(10)
-    order = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
-    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
-    runs = [ablation.augment_epoch(padded, labels, order, torch.Generator().manual_seed(7), mean, std, torch.float32,
-                                   channels_last=True, chunk=3) for _ in range(2)]
-    (x, y), (x2, _) = runs
-    assert torch.equal(x, x2) and torch.equal(y, labels[order])
-    assert x.shape == (8, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
-    assert -2. - 1e-6 <= x.min() and x.max() <= 2. + 1e-6  # (0 - 0.5) / 0.25 and (1 - 0.5) / 0.25
-    top, left, flip = ablation.random_crop_flip_params(3, 4, torch.Generator().manual_seed(7), torch.device('cpu'))
-    expected = ablation.normalize(ablation.crop_flip(padded[order[:3]], top, left, flip), mean, std, torch.float32,
-                                  False)
-    assert torch.allclose(x[:3], expected)  # the first chunk of 3 draws its offsets first
-
-
 # --- long-tailed data, schedule, initialisation ----------------------------------------------------------------------
 
 def test_lt_counts_profile_and_scaling():

@@ -3,11 +3,19 @@
 timm's ``create_loader`` picks its own sampler; training with a class-balanced (or any other) sampler needs the
 same pieces put together around a given sampler. Evaluation loaders come from timm's ``create_loader`` unchanged.
 
+Random augmentation is seeded per sample: the sampler's indices travel to the workers with a seed made of (run seed,
+epoch, rank, position in the epoch), and the worker seeds Python's, NumPy's and torch's generators with it before
+loading the sample. An epoch's augmentation then depends only on (seed, epoch, sample), whatever the worker count,
+worker persistence or the epoch a run was resumed at.
+
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
+import hashlib
+import random
 from functools import partial
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.utils.data
 from torchvision import transforms
@@ -16,7 +24,9 @@ from timm.data import create_transform
 from timm.data.loader import PrefetchLoader, _worker_init, fast_collate
 from timm.data.transforms import MaybeToTensor, ToNumpy
 
-__all__ = ['create_train_loader', 'create_train_transform', 'TRAIN_CROP_MODES']
+from .in_memory import augment_seed
+
+__all__ = ['SeededDataset', 'SeededSampler', 'create_train_loader', 'create_train_transform', 'TRAIN_CROP_MODES']
 
 TRAIN_CROP_MODES = ('pad', 'rrc', 'rkrc')
 
@@ -58,6 +68,58 @@ def create_train_transform(
     return transforms.Compose(steps)
 
 
+def _sample_seed(epoch_seed: bytes, position: int) -> int:
+    """A 32-bit seed per position (torch's CPU generator and NumPy's global one use 32 bits), well mixed so that
+    nearby positions and epochs get unrelated streams."""
+    digest = hashlib.blake2b(position.to_bytes(8, 'little'), digest_size=4, key=epoch_seed).digest()
+    return int.from_bytes(digest, 'little')
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """Yields ``(index, seed)``: the wrapped sampler's indices with a seed per position of the epoch.
+
+    The epoch is the wrapped sampler's (``set_epoch`` on it, as usual).
+    """
+
+    def __init__(self, sampler: torch.utils.data.Sampler, seed: int = 0, rank: int = 0):
+        if not hasattr(sampler, 'epoch'):
+            raise TypeError(f'{type(sampler).__name__} has no epoch (set_epoch): per-epoch augmentation seeds need one')
+        self.sampler, self.seed, self.rank = sampler, seed, rank
+
+    def __iter__(self):
+        base = augment_seed(self.seed, self.sampler.epoch, self.rank).to_bytes(4, 'little')
+        return ((index, _sample_seed(base, position)) for position, index in enumerate(self.sampler))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """Loads ``dataset[index]`` for a ``(index, seed)`` key after seeding the random generators that transforms use
+    (Python's ``random``, NumPy's global generator and torch's default CPU generator) with ``seed``."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    @property
+    def transform(self) -> Optional[Callable]:
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, transform: Optional[Callable]) -> None:
+        self.dataset.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        index, seed = key
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)
+        return self.dataset[index]
+
+
 def create_train_loader(
         dataset: torch.utils.data.Dataset,
         sampler: torch.utils.data.Sampler,
@@ -76,16 +138,20 @@ def create_train_loader(
         pin_memory: bool = False,
         persistent_workers: bool = True,
         collate_fn: Optional[Callable] = None,
+        seed: int = 0,
+        rank: int = 0,
 ):
     """A training loader drawing batches from ``sampler`` (drop_last, so every DDP rank gets the same batch size).
 
-    With the prefetcher, normalisation (and random erasing) run on ``device`` in timm's ``PrefetchLoader``.
+    The augmentation of each sample is seeded from (``seed``, the sampler's epoch, ``rank``, its position in the
+    epoch); call ``sampler.set_epoch(epoch)`` before each epoch. With the prefetcher, normalisation (and random
+    erasing) run on ``device`` in timm's ``PrefetchLoader``, whose random erasing draws from ``device``'s generator.
     """
     dataset.transform = transform
     loader = torch.utils.data.DataLoader(
-        dataset,
+        SeededDataset(dataset),
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=SeededSampler(sampler, seed, rank),
         num_workers=num_workers,
         collate_fn=collate_fn or (fast_collate if use_prefetcher else torch.utils.data.dataloader.default_collate),
         pin_memory=pin_memory,

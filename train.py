@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import shlex
 import sys
 import time
 from contextlib import suppress
@@ -32,15 +33,17 @@ from timm.data import Mixup, create_loader, resolve_data_config
 from timm.models import load_checkpoint, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import CheckpointSaver, ModelEmaV3, NativeScaler, get_outdir, init_distributed_device, \
-    setup_default_logging, update_summary
-from timm_camc.data import SAMPLER_NAMES, TRAIN_CROP_MODES, CorruptImageError, create_lt_datasets, \
-    create_sampler, create_train_loader, create_train_transform
+from timm.utils import ModelEmaV3, load_checkpoint_metadata, NativeScaler, get_outdir, init_distributed_device, \
+    setup_default_logging
+from timm_camc.data import SAMPLER_NAMES, TRAIN_CROP_MODES, CorruptImageError, InMemoryEvalLoader, \
+    InMemoryTrainLoader, create_lt_datasets, create_sampler, create_train_loader, create_train_transform, \
+    decode_images, in_memory_blockers, write_lt_subset
 from timm_camc.data.long_tail import PROFILES
-from timm_camc.engine import NonFiniteLossError, accepts_target, evaluate, train_one_epoch
+from timm_camc.engine import AtomicCheckpointSaver, NonFiniteLossError, accepts_target, check_finite_state, \
+    evaluate, train_one_epoch, write_summary_row
 from timm_camc.loss import CamcLoss, create_loss
 from timm_camc.metrics import LongTailMetrics, default_class_groups
-from timm_camc.utils import camc_model_kwargs
+from timm_camc.utils import camc_model_kwargs, is_camc_model, summarize_load_error
 
 _logger = logging.getLogger('train')
 
@@ -63,6 +66,13 @@ group.add_argument('--val-list', metavar='FILE', default='', help='list file of 
 group.add_argument('--dataset-download', action='store_true', help='download a torch/* dataset (needs internet)')
 group.add_argument('--skip-corrupt', action='store_true',
                    help='skip (and count) unreadable images instead of stopping with an error naming the file')
+group.add_argument('--allow-empty-classes', action='store_true',
+                   help='train without class folders that hold no image (otherwise an error names them)')
+group.add_argument('--in-memory', default='auto', choices=('auto', 'on', 'off'),
+                   help="decode the images once and augment batches with tensor ops on the device (the 'pad' "
+                        "recipe only); 'auto': whenever the recipe allows it and the images fit --in-memory-max-gb")
+group.add_argument('--in-memory-max-gb', type=float, default=4., metavar='GB',
+                   help='largest decoded training set (uint8) that --in-memory auto keeps in memory')
 
 group = parser.add_argument_group('Model parameters')
 group.add_argument('--model', default='resnet32_camc_lt', metavar='NAME', help='timm model name')
@@ -162,8 +172,10 @@ group.add_argument('--seed', type=int, default=0, metavar='S', help='random seed
 group.add_argument('--log-interval', type=int, default=50, metavar='N', help='batches between log lines')
 group.add_argument('--checkpoint-hist', type=int, default=3, metavar='N', help='best checkpoints to keep')
 group.add_argument('-j', '--workers', type=int, default=2, metavar='N', help='data loading workers per process')
-group.add_argument('--amp', action='store_true', help='mixed precision (CUDA)')
-group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'), help='AMP dtype')
+group.add_argument('--amp', action='store_true',
+                   help='mixed precision: --amp-dtype autocast on CUDA; bfloat16 autocast on a CPU with bf16 support '
+                        '(AMX / AVX512-BF16: about 2x the fp32 speed with --channels-last), fp32 on one without')
+group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'), help='AMP dtype on CUDA')
 group.add_argument('--no-prefetcher', action='store_true', help="disable timm's fast prefetcher")
 group.add_argument('--pin-mem', action='store_true', help='pin loader memory')
 group.add_argument('--output', default='output/train', type=str, metavar='PATH', help='output folder')
@@ -179,7 +191,12 @@ def _parse_args(argv=None):
         if not os.path.isfile(args_config.config):
             parser.error(f'config file not found: {args_config.config}')
         with open(args_config.config) as f:
-            cfg = yaml.safe_load(f) or {}
+            try:
+                cfg = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                parser.error(f'invalid YAML in {args_config.config}: {" ".join(str(e).split())}')
+        if not isinstance(cfg, dict):
+            parser.error(f'{args_config.config} must map option names to values, got a {type(cfg).__name__}')
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(cfg) - known)
         if unknown:
@@ -199,12 +216,80 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
-class AtomicCheckpointSaver(CheckpointSaver):
-    """timm's saver writes to a temporary file and renames it; this also keeps the rename atomic (timm unlinks
-    the old file first), so an interrupted save never leaves the run without a complete ``last`` checkpoint."""
+def _check_args(args):
+    """Errors that need no data: an unknown model, an unreadable checkpoint, options that do not go together."""
+    if not args.model.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(args.model):
+        raise ValueError(f'Unknown model {args.model!r}: timm.list_models() names them (CAMC models: '
+                         f'{", ".join(timm.list_models("*camc*"))})')
+    for option, path in (('--resume', args.resume), ('--initial-checkpoint', args.initial_checkpoint)):
+        if path:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f'{option}: checkpoint not found: {path}')
+            try:
+                load_checkpoint_metadata(path)
+            except Exception as e:  # truncated, not a checkpoint, or written by something else
+                raise ValueError(f'{option}: cannot read checkpoint {path} ({type(e).__name__}: '
+                                 f'{" ".join(str(e).split())[:200]}); is it complete?') from None
+    if args.loss == 'ldam' and args.learn_scale and not args.linear_classifier and is_camc_model(args.model):
+        raise ValueError('--loss ldam with --learn-scale: LDAM re-scales the cosine logits by the fixed '
+                         '--cosine-scale, which a learned scale would make wrong; drop one of them')
 
-    def _replace(self, src, dst):
-        os.replace(src, dst)
+
+def _amp_dtype(args, device):
+    """The autocast dtype of ``--amp`` on ``device``, or None (fp32)."""
+    if not args.amp:
+        return None
+    if device.type != 'cpu':
+        return torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    # no public API tells whether oneDNN has fast bf16 kernels on this CPU (AVX512-BF16 or AMX)
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        _logger.warning('--amp: this CPU has no bfloat16 support (AVX512-BF16 / AMX): training in fp32')
+        return None
+    if args.amp_dtype != 'bfloat16':
+        _logger.warning(f'--amp-dtype {args.amp_dtype} is for CUDA: autocast on the CPU uses bfloat16')
+    return torch.bfloat16
+
+
+def _in_memory_loaders(args, train_ds, val_ds, sampler, data_config, device):
+    """The in-memory training and evaluation loaders that ``--in-memory`` asks for, or None for the PIL loaders.
+
+    'auto' uses them whenever the recipe allows it (the 'pad' crop, images already at the input size, within the
+    memory budget); 'on' turns a reason against them into an error.
+    """
+    if args.in_memory == 'off':
+        return None, None
+    input_size = data_config['input_size']
+    blockers = in_memory_blockers(
+        args.train_crop_mode, args.color_jitter, args.aa, args.reprob, num_images=len(train_ds),
+        input_size=input_size, max_bytes=args.in_memory_max_gb * 2 ** 30)
+    images = None
+    if not blockers:
+        try:
+            images, labels = decode_images(train_ds, size=input_size[1:])
+        except ValueError as e:  # images of another size
+            blockers.append(str(e))
+    if blockers:
+        if args.in_memory == 'on':
+            raise ValueError(f'--in-memory on is not possible: {"; ".join(blockers)}')
+        _logger.info(f'In-memory loader off ({"; ".join(blockers)}): PIL loader with {args.workers} workers')
+        return None, None
+    mean, std = data_config['mean'], data_config['std']
+    loader_train = InMemoryTrainLoader(
+        images, labels, sampler, args.batch_size, device=device, mean=mean, std=std, hflip=args.hflip,
+        seed=args.seed, rank=args.rank, channels_last=args.channels_last)
+    _logger.info(f'In-memory training loader: {len(images)} images ({images.numel() / 2 ** 20:.0f} MiB uint8) on '
+                 f'{device}, augmented per batch (pad 4, random crop, flip {args.hflip})')
+    loader_eval = None
+    # timm's eval transform is the identity for images at the input size with crop_pct 1; DDP keeps timm's loader
+    if val_ds is not None and data_config['crop_pct'] == 1. and not args.distributed:
+        try:
+            val_images, val_labels = decode_images(val_ds, size=input_size[1:])
+            loader_eval = InMemoryEvalLoader(
+                val_images, val_labels, args.validation_batch_size or args.batch_size, device=device, mean=mean,
+                std=std, channels_last=args.channels_last)
+        except ValueError as e:
+            _logger.info(f'In-memory evaluation loader off ({e})')
+    return loader_train, loader_eval
 
 
 def _model_kwargs(args, num_classes):
@@ -230,19 +315,13 @@ def main(argv=None):
         _logger.info(f'Distributed training: process {args.rank} of {args.world_size}, device {args.device}')
     is_main = args.rank == 0
     _seed_epoch(args.seed, 0, args.rank)
-
-    output_dir = ''
-    if is_main:
-        exp_name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), args.model.replace('/', '_')])
-        output_dir = get_outdir(args.output, exp_name, inc=not args.resume and not args.experiment)
-        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
-            f.write(args_text)
+    _check_args(args)  # everything is validated before the output folder is made
 
     train_ds, val_ds, lt_info = create_lt_datasets(
         args.data_dir, dataset=args.dataset, train_split=args.train_split, val_split=args.val_split,
         train_list=args.train_list, val_list=args.val_list, download=args.dataset_download,
         imbalance=args.lt_imbalance, profile=args.lt_profile, lt_seed=args.lt_seed, num_classes=args.num_classes,
-        skip_corrupt=args.skip_corrupt, output_dir=output_dir)
+        skip_corrupt=args.skip_corrupt, allow_empty_classes=args.allow_empty_classes)
     num_classes = lt_info.num_classes
     # stored in args so that every checkpoint carries the training class counts (many / medium / few groups)
     args.num_classes, args.class_counts, args.class_names = num_classes, lt_info.class_counts, lt_info.class_names
@@ -271,19 +350,21 @@ def main(argv=None):
 
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
     amp_autocast, loss_scaler = suppress, None
-    if args.amp:
-        amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    amp_dtype = _amp_dtype(args, device)
+    if amp_dtype is not None:
         amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
         if device.type == 'cuda' and amp_dtype == torch.float16:
             loss_scaler = NativeScaler(device=device.type)
 
     resume_epoch = None
     if args.resume:
-        if not os.path.isfile(args.resume):
-            raise SystemExit(f'--resume: checkpoint not found: {args.resume}')
-        resume_epoch = resume_checkpoint(
-            model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=is_main)
+        try:
+            resume_epoch = resume_checkpoint(
+                model, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+                loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=is_main)
+        except RuntimeError as e:  # tensors of other shapes: another class count or architecture
+            raise ValueError(f'--resume: {args.resume} does not fit {args.model} with {num_classes} classes: '
+                             f'{summarize_load_error(e)}') from None
 
     model_ema = None
     if args.model_ema:
@@ -302,17 +383,18 @@ def main(argv=None):
     sampler = create_sampler(
         args.sampler, train_ds.targets, seed=args.seed, num_replicas=args.world_size, rank=args.rank,
         num_classes=num_classes, **sampler_kwargs)
+    loader_train, loader_eval = _in_memory_loaders(args, train_ds, val_ds, sampler, data_config, device)
     use_prefetcher = not args.no_prefetcher
-    train_transform = create_train_transform(
-        data_config['input_size'], train_crop_mode=args.train_crop_mode, use_prefetcher=use_prefetcher,
-        mean=data_config['mean'], std=data_config['std'], hflip=args.hflip, scale=args.scale,
-        color_jitter=args.color_jitter, auto_augment=args.aa, interpolation=data_config['interpolation'])
-    loader_train = create_train_loader(
-        train_ds, sampler, args.batch_size, train_transform, num_workers=args.workers, use_prefetcher=use_prefetcher,
-        device=device, mean=data_config['mean'], std=data_config['std'], re_prob=args.reprob,
-        pin_memory=args.pin_mem)
-    loader_eval = None
-    if val_ds is not None:
+    if loader_train is None:
+        train_transform = create_train_transform(
+            data_config['input_size'], train_crop_mode=args.train_crop_mode, use_prefetcher=use_prefetcher,
+            mean=data_config['mean'], std=data_config['std'], hflip=args.hflip, scale=args.scale,
+            color_jitter=args.color_jitter, auto_augment=args.aa, interpolation=data_config['interpolation'])
+        loader_train = create_train_loader(
+            train_ds, sampler, args.batch_size, train_transform, num_workers=args.workers,
+            use_prefetcher=use_prefetcher, device=device, mean=data_config['mean'], std=data_config['std'],
+            re_prob=args.reprob, pin_memory=args.pin_mem, seed=args.seed, rank=args.rank)
+    if loader_eval is None and val_ds is not None:
         loader_eval = create_loader(
             val_ds, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
             is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
@@ -329,7 +411,7 @@ def main(argv=None):
         class_balanced=dict(beta=args.cb_beta))[args.loss]
     if args.loss == 'ldam':
         # LDAM is defined on cosine logits that it scales itself (Cao et al. use s = 30)
-        cosine = '_camc_' in args.model and not args.linear_classifier
+        cosine = is_camc_model(args.model) and not args.linear_classifier
         loss_kwargs['scale'] = args.ldam_scale or (30. if cosine else 1.)
         if cosine:
             loss_kwargs['logit_scale_in'] = args.cosine_scale
@@ -346,6 +428,14 @@ def main(argv=None):
         else:
             lr_scheduler.step(start_epoch)
 
+    output_dir = ''
+    if is_main:
+        exp_name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), args.model.replace('/', '_')])
+        output_dir = get_outdir(args.output, exp_name, inc=not args.resume and not args.experiment)
+        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
+            f.write(args_text)
+        write_lt_subset(output_dir, lt_info, train_ds)
+
     saver = None
     if is_main:
         saver = AtomicCheckpointSaver(
@@ -359,10 +449,14 @@ def main(argv=None):
     train_counts = lt_info.class_counts
     metrics = LongTailMetrics(num_classes, train_counts=train_counts, class_groups=default_class_groups(num_classes))
     eval_metrics, best_metric, best_epoch = None, None, None
+    last_good = dict(path=args.resume, epoch=start_epoch - 1) if args.resume else None
     try:
         for epoch in range(start_epoch, num_epochs):
+            epoch_lr = optimizer.param_groups[0]['lr']  # the rate this epoch trains at (before the step below)
             _seed_epoch(args.seed, epoch, args.rank)
             sampler.set_epoch(epoch)
+            if isinstance(loader_train, InMemoryTrainLoader):
+                loader_train.set_epoch(epoch)
             train_loss_fn.set_epoch(epoch)
             if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
                 mixup_fn.mixup_enabled = False
@@ -374,21 +468,27 @@ def main(argv=None):
                 log_interval=args.log_interval, distributed=args.distributed, frozen_backbone=args.crt)
 
             last_epoch = epoch + 1 == num_epochs
+            epoch_eval = None  # only this epoch's evaluation: a skipped epoch carries no (stale) metric
             if loader_eval is not None and ((epoch + 1) % args.eval_interval == 0 or last_epoch):
                 eval_model = model_ema.module if model_ema is not None else model
-                eval_metrics = evaluate(eval_model, loader_eval, metrics, device, amp_autocast=amp_autocast,
-                                        channels_last=args.channels_last, log_interval=args.log_interval)
-                _logger.info(_format_metrics(epoch, eval_metrics))
+                epoch_eval = eval_metrics = evaluate(
+                    eval_model, loader_eval, metrics, device, amp_autocast=amp_autocast,
+                    channels_last=args.channels_last, log_interval=args.log_interval)
+                _logger.info(_format_metrics(epoch, epoch_eval))
+            check_finite_state(epoch, model, model_ema, epoch_eval)  # before anything is saved
             if lr_scheduler is not None:
-                lr_scheduler.step(epoch + 1, None if eval_metrics is None else eval_metrics[args.eval_metric])
+                lr_scheduler.step(epoch + 1, None if epoch_eval is None else epoch_eval[args.eval_metric])
             if is_main:
-                scalar_eval = {k: v for k, v in (eval_metrics or {}).items() if isinstance(v, (int, float))}
-                update_summary(epoch, train_metrics, scalar_eval, os.path.join(output_dir, 'summary.csv'),
-                               lr=optimizer.param_groups[0]['lr'])
-                metric = None if eval_metrics is None else eval_metrics[args.eval_metric]
+                metric = None if epoch_eval is None else epoch_eval[args.eval_metric]
                 best_metric, best_epoch = saver.save_checkpoint(epoch, metric=metric)
+                last_good = dict(path=os.path.join(output_dir, 'last.pth.tar'), epoch=epoch)
+                # after the checkpoint: a run killed in between redoes the epoch and replaces its row
+                write_summary_row(os.path.join(output_dir, 'summary.csv'), _summary_row(
+                    epoch, epoch_lr, train_metrics, epoch_eval))
     except NonFiniteLossError as e:
-        _logger.error(str(e))
+        where = (f'The last good checkpoint is {last_good["path"]} (epoch {last_good["epoch"]}).' if last_good
+                 else 'No checkpoint was written by this run.')
+        _logger.error(f'{e} {where} Lower the learning rate, use gradient clipping (--clip-grad) or check the data.')
         return 2
 
     if is_main:
@@ -397,12 +497,32 @@ def main(argv=None):
         with open(os.path.join(output_dir, 'results.json'), 'w') as f:
             json.dump(results, f, indent=2)
         checkpoint = os.path.join(output_dir, 'last.pth.tar')
-        val_source = f'--val-list {args.val_list}' if args.val_list else f'--split {args.val_split}'
-        _logger.info(
-            f'Done. Checkpoint: {checkpoint}  Summary: {os.path.join(output_dir, "summary.csv")}\n'
-            f'Validate with: python validate.py --model {args.model} --checkpoint {checkpoint} '
-            f'--data-dir {args.data_dir} {val_source}' + (f' --dataset {args.dataset}' if args.dataset else ''))
+        command = [sys.executable, 'validate.py', '--model', args.model, '--checkpoint', checkpoint,
+                   '--data-dir', args.data_dir]
+        if args.val_list:
+            command += ['--val-list', args.val_list]
+        elif args.val_split:
+            command += ['--split', args.val_split]
+        if args.dataset:
+            command += ['--dataset', args.dataset]
+        _logger.info(f'Done. Checkpoint: {checkpoint}  Summary: {os.path.join(output_dir, "summary.csv")}\n'
+                     f'Validate with: {shlex.join(command)}')
     return 0
+
+
+def _summary_row(epoch, lr, train_metrics, eval_metrics):
+    row = dict(epoch=epoch, lr=lr)
+    row.update((f'train_{k}', v) for k, v in train_metrics.items())
+    row.update((f'eval_{k}', v) for k, v in (eval_metrics or {}).items() if isinstance(v, (int, float)))
+    return row
+
+
+def _one_line(error: Exception) -> str:
+    """The message of an error, without the worker traceback that DataLoader embeds in errors raised in workers."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if any('Original Traceback' in line for line in lines):
+        return lines[-1].split(': ', 1)[-1]  # the last line: "module.ErrorType: message"
+    return ' '.join(lines)
 
 
 def _format_metrics(epoch, m):
@@ -419,5 +539,5 @@ if __name__ == '__main__':
     try:
         sys.exit(main())
     except (FileNotFoundError, ValueError, CorruptImageError) as e:  # bad input: the message says what to fix
-        _logger.error(f'{type(e).__name__}: {e}')
+        _logger.error(f'{type(e).__name__}: {_one_line(e)}')
         sys.exit(2)

@@ -23,7 +23,7 @@ def _run(*args, cwd=REPO, timeout=300, **kwargs):
 def _train_args(data, out, experiment, *extra):
     return [
         sys.executable, 'train.py', '-c', 'configs/cifar10_lt_r100.yaml', '--data-dir', str(data),
-        '--lt-imbalance', '10', '--batch-size', '32', '--warmup-epochs', '1', '--log-interval', '4', '-j', '0',
+        '--lt-imbalance', '10', '--batch-size', '32', '--warmup-epochs', '1', '--log-interval', '4',
         '--output', str(out), '--experiment', experiment, '--device', 'cpu', *extra,
     ]
 
@@ -104,8 +104,10 @@ def test_train_checkpoint_resume_validate(cifar10_small, tmp_path):
     assert 'head.fc.weight' in changed
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(cifar10_small, tmp_path):
-    extra = ('--epochs', '3', '--model-ema', '--sampler', 'sqrt', '--log-interval', '2')
+@pytest.mark.parametrize('loader', [(), ('--in-memory', 'off')], ids=['in-memory', 'pil-2-workers'])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(cifar10_small, tmp_path, loader):
+    """With the default loader (in memory for the CIFAR recipe) and with the PIL loader at the default -j 2."""
+    extra = ('--epochs', '3', '--model-ema', '--sampler', 'sqrt', '--log-interval', '2', *loader)
     straight = _run(*_train_args(cifar10_small, tmp_path, 'straight', *extra))
     assert straight.returncode == 0, straight.stderr[-3000:]
 
@@ -207,3 +209,139 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(cifar10_small, tmp_p
     assert 'Train 0:' in out and '%|' in out and 'img/s' in out  # tqdm bar with its postfix
     assert 'Train: 0 [   4/' not in out  # no interval log lines under the bar
     assert 'Train: 0 [  11/' in out  # but the epoch's closing line
+
+
+def _rows(run_dir):
+    with open(run_dir / 'summary.csv', newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_eval_interval_leaves_no_stale_metrics(cifar10_small, tmp_path):
+    res = _run(*_train_args(cifar10_small, tmp_path, 'ei', '--epochs', '3', '--eval-interval', '2',
+                            '--warmup-lr', '0.02', '--lr', '0.1'))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = _rows(tmp_path / 'ei')
+    assert [r['epoch'] for r in rows] == ['0', '1', '2']
+    assert rows[0]['eval_top1'] == '' and rows[1]['eval_top1'] and rows[2]['eval_top1']  # read right by DictReader
+    assert float(rows[0]['lr']) == pytest.approx(0.02) and float(rows[1]['lr']) == pytest.approx(0.1)  # this epoch's
+    saved = {e: torch.load(tmp_path / 'ei' / f'checkpoint-{e}.pth.tar', weights_only=False) for e in (0, 1, 2)}
+    assert 'metric' not in saved[0] and saved[1]['metric'] == float(rows[1]['eval_top1'])
+    assert saved[2]['metric'] == float(rows[2]['eval_top1'])
+
+
+def test_summary_rows_are_replaced_not_repeated(tmp_path):
+    from timm_camc.engine import write_summary_row
+    path = str(tmp_path / 'summary.csv')
+    write_summary_row(path, dict(epoch=0, lr=0.1, train_loss=2.))
+    write_summary_row(path, dict(epoch=1, lr=0.1, train_loss=1.5, eval_top1=30.))
+    write_summary_row(path, dict(epoch=2, lr=0.1, train_loss=1.2))  # killed before its checkpoint: redone below
+    write_summary_row(path, dict(epoch=2, lr=0.1, train_loss=1.1, eval_top1=40.))
+    rows = _rows(tmp_path)
+    assert [(r['epoch'], r['train_loss'], r['eval_top1']) for r in rows] == [
+        ('0', '2.0', ''), ('1', '1.5', '30.0'), ('2', '1.1', '40.0')]
+    assert not (tmp_path / 'summary.csv.tmp').exists()
+
+
+def test_checkpoint_files_never_missing(tmp_path, monkeypatch):
+    """timm's saver unlinks model_best (and last) before re-linking them; ours replaces them atomically."""
+    from timm_camc.engine import AtomicCheckpointSaver
+    model = torch.nn.Linear(2, 2)
+    saver = AtomicCheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), checkpoint_dir=str(tmp_path),
+                                  recovery_dir=str(tmp_path), max_history=2)
+    saver.save_checkpoint(0, metric=1.)
+    watched = [tmp_path / 'model_best.pth.tar', tmp_path / 'last.pth.tar']
+    real_unlink, real_replace, real_link = os.unlink, os.replace, os.link
+    gaps = []
+
+    def check(name, fn):
+        def wrapped(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            gaps.extend(f'{p.name} missing after {name}' for p in watched if not p.exists())
+            return result
+        return wrapped
+
+    monkeypatch.setattr(os, 'unlink', check('unlink', real_unlink))
+    monkeypatch.setattr(os, 'replace', check('replace', real_replace))
+    monkeypatch.setattr(os, 'link', check('link', real_link))
+    saver.save_checkpoint(1, metric=2.)  # a new best: both files are rewritten
+    assert gaps == []
+    assert torch.load(tmp_path / 'model_best.pth.tar', weights_only=False)['epoch'] == 1
+
+
+def test_non_finite_state_is_never_saved():
+    from timm_camc.engine import NonFiniteLossError, check_finite_state
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    check_finite_state(0, model, eval_metrics=dict(loss=1.))
+    with pytest.raises(NonFiniteLossError, match='evaluation loss'):
+        check_finite_state(0, model, eval_metrics=dict(loss=float('nan')))
+    model[1].running_var[2] = float('inf')  # a finite training loss can leave this behind
+    with pytest.raises(NonFiniteLossError, match=r"model tensors \['1.running_var'\]"):
+        check_finite_state(3, model)
+
+
+def _nine_classes(src, dest):
+    for split in ('train', 'test'):
+        for folder in sorted((src / split).iterdir())[:9]:
+            shutil.copytree(folder, dest / split / folder.name)
+    return dest
+
+
+def test_bad_inputs_fail_in_one_line_before_any_output(cifar10_small, tmp_path):
+    """Each: exit 2, one error line, no traceback, and no output folder."""
+    run = tmp_path / 'ok'
+    good = _run(*_train_args(cifar10_small, tmp_path, 'ok', '--epochs', '1'))
+    assert good.returncode == 0, good.stderr[-2000:]
+    truncated = tmp_path / 'truncated.pth.tar'
+    truncated.write_bytes((run / 'last.pth.tar').read_bytes()[:5000])
+    bad_yaml = tmp_path / 'bad.yaml'
+    bad_yaml.write_text('model: [resnet32_camc_lt\nlr: 0.1\n')
+    val_list = tmp_path / 'val.txt'
+    val_list.write_text('test/cat/0000.jpg 3\ntest/dog/0000.jpg 12\n')
+    for name in ('cat', 'dog'):
+        first = sorted((cifar10_small / 'test' / name).iterdir())[0]
+        (tmp_path / 'test' / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(first, tmp_path / 'test' / name / '0000.jpg')
+    nine = _nine_classes(cifar10_small, tmp_path / 'nine')
+    cases = {
+        'unknown model': (['--model', 'resnet33_camc_lt'], "Unknown model 'resnet33_camc_lt'"),
+        'invalid yaml': (['-c', str(bad_yaml)], 'invalid YAML in'),
+        'truncated resume': (['--resume', str(truncated)], 'cannot read checkpoint'),
+        'resume into 9 classes': (['--data-dir', str(nine), '--resume', str(run / 'last.pth.tar')],
+                                  'does not fit resnet32_camc_lt with 9 classes:'),
+        'val label out of range': (['--data-dir', str(tmp_path), '--train-split', str(cifar10_small / 'train'),
+                                    '--val-list', str(val_list)],
+                                   'Validation labels [12] are outside the 10 training classes'),
+        'in-memory on, rrc': (['--in-memory', 'on', '--train-crop-mode', 'rrc'], '--in-memory on is not possible'),
+        'ldam with a learned scale': (['--loss', 'ldam', '--learn-scale'], 'drop one of them'),
+        'no validation folder': (['--val-split', 'validation'], "--val-split test"),
+    }
+    for i, (case, (extra, message)) in enumerate(cases.items()):
+        res = _run(*_train_args(cifar10_small, tmp_path / 'out', f'e{i}', '--epochs', '1'), *extra)
+        assert res.returncode == 2, (case, res.stderr[-2000:])
+        errors = [line for line in res.stderr.splitlines() if 'Error' in line or 'error:' in line]
+        assert len(errors) == 1 and message in errors[0], (case, res.stderr[-2000:])
+        assert 'Traceback' not in res.stderr, case
+        assert not (tmp_path / 'out' / f'e{i}').exists(), case
+
+
+def test_corrupt_image_with_workers_is_one_line(cifar10_small, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(cifar10_small, data)
+    bad = sorted((data / 'train' / 'airplane').iterdir())[3]
+    bad.write_bytes(b'not a jpeg')
+    for loader in ([], ['--in-memory', 'off', '-j', '2']):
+        res = _run(*_train_args(data, tmp_path, 'corrupt', '--epochs', '1', *loader))
+        assert res.returncode == 2, res.stderr[-2000:]
+        errors = [line for line in res.stderr.splitlines() if line.strip()]
+        assert 'Traceback' not in res.stderr and 'Cannot read image' in errors[-1] and bad.name in errors[-1], \
+            res.stderr[-3000:]
+
+
+def test_empty_class_folder_is_an_error_unless_allowed(cifar10_small, tmp_path):
+    data = _nine_classes(cifar10_small, tmp_path / 'data')
+    (data / 'train' / 'zebra').mkdir()
+    res = _run(*_train_args(data, tmp_path, 'empty', '--epochs', '1', '--lt-imbalance', '0'))
+    assert res.returncode == 2 and "hold no image: ['zebra']" in res.stderr, res.stderr[-2000:]
+    res = _run(*_train_args(data, tmp_path, 'empty', '--epochs', '1', '--lt-imbalance', '0', '--allow-empty-classes'))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert torch.load(tmp_path / 'empty' / 'last.pth.tar', weights_only=False)['args'].num_classes == 9

@@ -2,10 +2,12 @@
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
+import csv
 import inspect
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from contextlib import suppress
@@ -15,19 +17,110 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm.utils import AverageMeter, dispatch_clip_grad, reduce_tensor, unwrap_model
+from timm.utils import AverageMeter, CheckpointSaver, dispatch_clip_grad, reduce_tensor, unwrap_model
 from tqdm import tqdm
 
 from .layers import CamcOutput
 from .metrics import LongTailMetrics
 
-__all__ = ['NonFiniteLossError', 'accepts_target', 'interactive', 'train_one_epoch', 'evaluate']
+__all__ = [
+    'AtomicCheckpointSaver', 'NonFiniteLossError', 'accepts_target', 'check_finite_state', 'evaluate', 'interactive', 'train_one_epoch',
+    'write_summary_row',
+]
 
 _logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def _any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """``flag`` (a bool tensor) OR-ed over the distributed ranks."""
+    flag = flag.to(torch.int32)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag.bool()
+
+
+def check_finite_state(epoch: int, model: nn.Module, model_ema=None, eval_metrics: Optional[Dict] = None) -> None:
+    """Raise ``NonFiniteLossError`` if a parameter or buffer of the model (or its EMA) or the evaluation loss is not
+    finite: a finite training loss does not prove a finite model (BN running statistics can overflow first).
+
+    One device sync for all the tensors, so it is cheap to call before every save.
+    """
+    bad = []
+    for what, module in (('model', model), ('EMA', getattr(model_ema, 'module', None))):
+        if module is None:
+            continue
+        tensors = [t for t in unwrap_model(module).state_dict().values() if t.is_floating_point()]
+        flags = torch.stack([torch.isfinite(t).all() for t in tensors]) if tensors else torch.ones(1, dtype=torch.bool)
+        if not bool(flags.all()):
+            names = [n for (n, t), ok in zip(
+                ((n, t) for n, t in unwrap_model(module).state_dict().items() if t.is_floating_point()),
+                flags.tolist()) if not ok]
+            bad.append(f'{what} tensors {names[:3]}' + (f' and {len(names) - 3} more' if len(names) > 3 else ''))
+    if eval_metrics is not None and not math.isfinite(eval_metrics.get('loss', 0.)):
+        bad.append('the evaluation loss')
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        device = next(iter(unwrap_model(model).state_dict().values())).device
+        if bool(_any_rank(torch.tensor(bool(bad), device=device))) and not bad:
+            bad.append('the model of another rank')
+    if bad:
+        raise NonFiniteLossError(f'Non-finite values after epoch {epoch} in {"; ".join(bad)}: stopping without '
+                                 f'saving this epoch.')
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """timm's checkpoint saver, with no instant at which a checkpoint file is missing or half-written.
+
+    timm writes a temporary file and renames it, but unlinks the old file first (``_replace``) and removes
+    ``model_best`` before re-linking it (``_duplicate``). Here every file is complete on disk (``fsync``) before it
+    atomically replaces the old one, so a run killed at any point keeps a readable ``last`` and ``model_best``.
+    """
+
+    def _save(self, save_path, epoch, metric=None):
+        super()._save(save_path, epoch, metric)
+        with open(save_path, 'rb') as f:
+            os.fsync(f.fileno())
+
+    def _replace(self, src, dst):
+        os.replace(src, dst)
+
+    def _duplicate(self, src, dst):
+        tmp = dst + '.tmp'
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links on this file system
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+
+
+def write_summary_row(path: str, row: Dict) -> None:
+    """Add (or, for an epoch already there, replace) ``row`` in the summary CSV, atomically.
+
+    The header is the union of all rows' columns (an epoch without evaluation leaves its eval columns empty, and a
+    later evaluated epoch adds them to the header), so ``csv.DictReader`` reads every row right. A row of the same
+    or a later epoch (left by a run killed after it was written) is dropped first, so a resumed run never repeats
+    an epoch.
+    """
+    rows, fields = [], []
+    if os.path.isfile(path):
+        with open(path, newline='') as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = [r for r in reader if int(r['epoch']) < int(row['epoch'])]
+    fields += [k for k in row if k not in fields]
+    rows.append(row)
+    tmp = path + '.tmp'
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval='')
+        writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def accepts_target(model: nn.Module) -> bool:
@@ -130,11 +223,11 @@ def train_one_epoch(
             lr_scheduler.step_update(num_updates=num_updates, metric=None)
 
         if batch_idx % log_interval == 0 or batch_idx == last_idx:
+            if distributed:  # every rank stops together, none is left waiting in the next all-reduce
+                nonfinite = _any_rank(nonfinite)
             if bool(nonfinite):
                 raise NonFiniteLossError(
-                    f'Non-finite loss in epoch {epoch} (at or before step {batch_idx}/{num_batches}): stopping. '
-                    f'The last checkpoint written is the last good one; lower the learning rate, use gradient '
-                    f'clipping (--clip-grad) or check the data.')
+                    f'Non-finite loss in epoch {epoch} (at or before step {batch_idx}/{num_batches}): stopping.')
             elapsed = time.time() - start
             rate = seen / max(elapsed, 1e-9)
             loss_avg = float(losses_m.avg)

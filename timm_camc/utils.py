@@ -5,6 +5,7 @@ Copyright 2026, the timm-camc authors. Apache-2.0.
 import argparse
 import logging
 import os
+import re
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -99,7 +100,9 @@ def create_eval_model(
     """
     state = read_checkpoint(checkpoint) if checkpoint else {}
     ckpt_args = checkpoint_args(state)
-    if use_ema and not {'state_dict_ema', 'model_ema'} & set(state):
+    # a key holding None (a run without --model-ema saves state_dict_ema=None) is no EMA: timm would fall back to the
+    # raw weights without a word
+    if use_ema and all(state.get(k) is None for k in ('state_dict_ema', 'model_ema')):
         raise ValueError(f'--use-ema: checkpoint {checkpoint or "(none)"} has no EMA weights (train with --model-ema)')
     num_classes = num_classes or ckpt_args.get('num_classes')
     kwargs = camc_model_kwargs(model_name, ckpt_args)
@@ -128,3 +131,30 @@ def tau_normalize_(classifier: nn.Module, tau: float) -> None:
     if weight is None or weight.ndim != 2:
         raise ValueError(f'tau-normalisation needs a linear classifier, got {type(classifier).__name__}')
     weight.div_(torch.linalg.vector_norm(weight, dim=1, keepdim=True).clamp_min(1e-12).pow(tau))
+
+
+def is_camc_model(model_name: str) -> bool:
+    """Whether a registered model name (with or without a pretrained tag) is one of timm-camc's CAMC models."""
+    arch = model_name.split('.')[0]
+    if not timm.is_model(arch):
+        return False
+    return timm.models.model_entrypoint(arch).__module__.startswith('timm_camc.')
+
+
+def summarize_load_error(error: Exception, shown: int = 3) -> str:
+    """One line from ``load_state_dict``'s error: how many tensors mismatch, missing and unexpected, first few named."""
+    text = str(error)
+    mismatched = re.findall(r'size mismatch for ([\w.]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) '
+                            r'from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)', text)
+    parts = []
+    if mismatched:
+        first = ', '.join(f'{n} {a} in the checkpoint vs {b} here' for n, a, b in mismatched[:shown])
+        parts.append(f'{len(mismatched)} tensors differ in shape ({first}' + (', ...)' if len(mismatched) > shown
+                                                                             else ')'))
+    for label in ('Missing', 'Unexpected'):
+        match = re.search(rf'{label} key\(s\) in state_dict: (.*?)\.\s*(?:$|\n|Unexpected|size mismatch)', text)
+        if match:
+            keys = re.findall(r'"([^"]+)"', match.group(1))
+            parts.append(f'{len(keys)} {label.lower()} ({", ".join(keys[:shown])}' + (', ...)' if len(keys) > shown
+                                                                                    else ')'))
+    return '; '.join(parts) or ' '.join(text.split())[:300]

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch.utils.data
 from PIL import Image
 
+from timm.data.readers.img_extensions import get_img_extensions
 from timm.data.readers.reader_image_folder import find_images_and_targets
 
 __all__ = ['CorruptImageError', 'ImageListDataset', 'LongTailSubset', 'dataset_targets']
@@ -60,14 +61,23 @@ class ImageListDataset(torch.utils.data.Dataset):
             cls,
             folder: str,
             class_to_idx: Optional[Dict[str, int]] = None,
+            allow_empty_classes: bool = False,
             **kwargs,
     ) -> 'ImageListDataset':
-        """A class-per-sub-folder tree (timm's folder reader); ``class_to_idx`` aligns a val split with train."""
+        """A class-per-sub-folder tree (timm's folder reader); ``class_to_idx`` aligns a val split with train.
+
+        timm's reader drops class folders without images (the model would silently get fewer classes) and, given
+        ``class_to_idx``, the images of classes not in it (they would silently go unscored). Both are errors naming
+        the folders, unless ``allow_empty_classes``.
+        """
         if not os.path.isdir(folder):
             raise FileNotFoundError(f'Data folder not found: {folder}')
+        known = class_to_idx
         images, class_to_idx = find_images_and_targets(folder, class_to_idx=class_to_idx)
         if not images:
             raise ValueError(f'No images found under {folder}: expected one sub-folder of images per class')
+        if not allow_empty_classes:
+            _check_class_folders(folder, images, known)
         samples = [(os.path.relpath(path, folder), target) for path, target in images]
         names = sorted(class_to_idx, key=class_to_idx.get)
         return cls(folder, samples, class_names=names, **kwargs)
@@ -109,6 +119,25 @@ class ImageListDataset(torch.utils.data.Dataset):
 
     def filename(self, index: int) -> str:
         return self.samples[index][0]
+
+
+def _check_class_folders(folder: str, images: Sequence[Tuple[str, int]], known: Optional[Dict[str, int]]) -> None:
+    used = {os.path.relpath(path, folder).split(os.sep)[0] for path, _ in images}
+    subfolders = sorted(d.name for d in os.scandir(folder) if d.is_dir() and not d.name.startswith('.'))
+    empty = [d for d in subfolders if d not in used and not _has_image(os.path.join(folder, d))]
+    if empty:
+        raise ValueError(f'{len(empty)} class folder(s) of {folder} hold no image: {empty[:10]}. Add images, remove '
+                         f'the folder, or pass --allow-empty-classes to train or score without them')
+    if known is not None:
+        unknown = [d for d in subfolders if d not in known and _has_image(os.path.join(folder, d))]
+        if unknown:
+            raise ValueError(f'{folder} has images of {len(unknown)} class(es) that the training classes do not '
+                             f'include: {unknown[:10]}. They would go unscored; pass --allow-empty-classes to accept')
+
+
+def _has_image(folder: str) -> bool:
+    extensions = get_img_extensions()
+    return any(os.path.splitext(f)[1].lower() in extensions for _, _, files in os.walk(folder) for f in files)
 
 
 class LongTailSubset(torch.utils.data.Dataset):

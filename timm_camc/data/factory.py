@@ -15,7 +15,7 @@ from timm.data import create_dataset
 from .dataset import ImageListDataset, LongTailSubset, dataset_targets
 from .long_tail import long_tail_counts, long_tail_indices, read_list_file, write_list_file
 
-__all__ = ['LongTailInfo', 'create_lt_datasets', 'class_counts_of']
+__all__ = ['LongTailInfo', 'create_lt_datasets', 'class_counts_of', 'write_lt_subset']
 
 _logger = logging.getLogger(__name__)
 
@@ -31,9 +31,27 @@ class LongTailInfo:
     seed: int = 0
     subset_list: str = ''  # list file of the long-tailed training subset, when one was built from files
     extra: dict = field(default_factory=dict)
+    indices: Optional[List[int]] = field(default=None, repr=False)  # the subset's indices into the full training set
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop('indices')
+        return d
+
+
+def write_lt_subset(output_dir: str, info: LongTailInfo, train_ds: torch.utils.data.Dataset) -> None:
+    """Write a long-tailed subset to ``output_dir`` so that the run can be reproduced exactly: ``lt_subset.json``
+    (the info with the selected indices) and, for image datasets, the list file ``lt_train.txt``."""
+    if info.indices is None:
+        return
+    if isinstance(train_ds, ImageListDataset):
+        info.subset_list = os.path.join(output_dir, 'lt_train.txt')
+        write_list_file(
+            info.subset_list, train_ds.samples,
+            header=f'long-tailed subset of {train_ds.root}: profile {info.profile}, imbalance {info.imbalance:g}, '
+                   f'seed {info.seed}; paths relative to that folder')
+    with open(os.path.join(output_dir, 'lt_subset.json'), 'w') as f:
+        json.dump(dict(info.to_dict(), indices=info.indices), f)
 
 
 def class_counts_of(targets: List[int], num_classes: int) -> List[int]:
@@ -43,10 +61,11 @@ def class_counts_of(targets: List[int], num_classes: int) -> List[int]:
     return counts
 
 
-def _folder_or_list(root: str, split: str, list_file: str, class_to_idx=None, skip_corrupt=False) -> ImageListDataset:
+def _folder_or_list(root: str, split: str, list_file: str, class_to_idx=None, **kwargs) -> ImageListDataset:
     if list_file:
-        return ImageListDataset(root, read_list_file(list_file), skip_corrupt=skip_corrupt)
-    return ImageListDataset.from_folder(os.path.join(root, split), class_to_idx=class_to_idx, skip_corrupt=skip_corrupt)
+        kwargs.pop('allow_empty_classes', None)
+        return ImageListDataset(root, read_list_file(list_file), **kwargs)
+    return ImageListDataset.from_folder(os.path.join(root, split), class_to_idx=class_to_idx, **kwargs)
 
 
 def create_lt_datasets(
@@ -63,17 +82,19 @@ def create_lt_datasets(
         num_classes: Optional[int] = None,
         skip_corrupt: bool = False,
         output_dir: str = '',
+        allow_empty_classes: bool = False,
 ) -> Tuple[torch.utils.data.Dataset, Optional[torch.utils.data.Dataset], LongTailInfo]:
     """Training and validation datasets, the training set made long-tailed when ``imbalance > 1``.
 
     Sources: ``train_list`` / ``val_list`` (``relative/path label`` files under ``data_dir``), a timm dataset name
     such as ``torch/cifar10`` (with ``download``), or by default a class-per-folder tree ``data_dir/<split>/<class>``.
-    The validation split is left balanced. With ``output_dir``, the subset is written there as ``lt_train.txt``
-    (image datasets) and ``lt_subset.json`` so that the run can be reproduced exactly.
+    The validation split is left balanced. With ``output_dir``, the subset is written there by ``write_lt_subset``
+    (or call it later, once the run's output folder exists).
 
     Raises:
-        FileNotFoundError: Missing data folder, list file or listed image.
-        ValueError: No images, a class without training images, labels beyond ``num_classes``.
+        FileNotFoundError: Missing data folder, split folder, list file or listed image.
+        ValueError: No images, a class folder without images (unless ``allow_empty_classes``), a class without
+            training images, training or validation labels beyond ``num_classes``.
     """
     if dataset.startswith(('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')):
         try:
@@ -90,13 +111,19 @@ def create_lt_datasets(
     else:
         if not os.path.isdir(data_dir):
             raise FileNotFoundError(f'Data folder not found: {data_dir!r}')
-        train_ds = _folder_or_list(data_dir, train_split, train_list, skip_corrupt=skip_corrupt)
+        options = dict(skip_corrupt=skip_corrupt, allow_empty_classes=allow_empty_classes)
+        train_ds = _folder_or_list(data_dir, train_split, train_list, **options)
         class_to_idx = None
         if train_ds.class_names is not None:
             class_to_idx = {n: i for i, n in enumerate(train_ds.class_names)}
         val_ds = None
         if val_list or val_split:
-            val_ds = _folder_or_list(data_dir, val_split, val_list, class_to_idx, skip_corrupt=skip_corrupt)
+            if not val_list and not os.path.isdir(os.path.join(data_dir, val_split)):
+                splits = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d)))
+                raise FileNotFoundError(
+                    f'Validation folder not found: {os.path.join(data_dir, val_split)!r} (folders there: {splits}). '
+                    f"Name it with --val-split, e.g. --val-split test, or --val-split '' to train without one")
+            val_ds = _folder_or_list(data_dir, val_split, val_list, class_to_idx, **options)
 
     targets = dataset_targets(train_ds)
     class_names = getattr(train_ds, 'class_names', None) or getattr(train_ds, 'classes', None)
@@ -105,6 +132,11 @@ def create_lt_datasets(
     if bad:
         raise ValueError(f'Training labels {bad[:10]} are outside [0, {num_classes}): check --num-classes')
     full_counts = class_counts_of(targets, num_classes)
+    if val_ds is not None:
+        bad = sorted({t for t in dataset_targets(val_ds) if not 0 <= t < num_classes})
+        if bad:
+            raise ValueError(f'Validation labels {bad[:10]} are outside the {num_classes} training classes '
+                             f'[0, {num_classes}): check --val-list or --num-classes')
 
     info = LongTailInfo(num_classes=num_classes, class_counts=full_counts,
                         class_names=list(class_names) if class_names else None)
@@ -118,16 +150,9 @@ def create_lt_datasets(
         else:
             train_ds = LongTailSubset(train_ds, indices)
         info.class_counts = class_counts_of(dataset_targets(train_ds), num_classes)
-        info.imbalance, info.profile, info.seed = float(imbalance), profile, lt_seed
+        info.imbalance, info.profile, info.seed, info.indices = float(imbalance), profile, lt_seed, list(indices)
         if output_dir:
-            if isinstance(train_ds, ImageListDataset):
-                info.subset_list = os.path.join(output_dir, 'lt_train.txt')
-                write_list_file(
-                    info.subset_list, train_ds.samples,
-                    header=f'long-tailed subset of {train_ds.root}: profile {profile}, imbalance {imbalance}, '
-                           f'seed {lt_seed}; paths relative to that folder')
-            with open(os.path.join(output_dir, 'lt_subset.json'), 'w') as f:
-                json.dump(dict(info.to_dict(), indices=indices), f)
+            write_lt_subset(output_dir, info, train_ds)
 
     empty = [i for i, n in enumerate(info.class_counts) if n == 0]
     if empty:

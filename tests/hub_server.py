@@ -18,12 +18,15 @@ Endpoints (model repositories ``<org>/<name>`` only):
 * ``POST /api/models/<repo>/commit/<rev>``: ndjson (header, ``file``, ``deletedFile``, ``deletedFolder``); a
   ``parentCommit`` that is not the branch head gives 412. Applied atomically.
 * ``POST /api/validate-yaml``: parses the card's front matter.
+* ``POST /api/models/<repo>/paths-info/<rev>``: ``paths`` (form data) -> the files among them, with ``lfs`` (sha256 and
+  size) for the paths ``.gitattributes`` sends to LFS (``*.safetensors``, ``*.bin``), as the Hub reports them.
 * ``HEAD|GET /<repo>/resolve/<rev>/<path>``: ``X-Repo-Commit``, ``ETag`` (the git blob id), ``Content-Length``.
 
 Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``) as the Hub's do, 404s for a
 missing entry carry ``X-Repo-Commit``. Writes need ``Authorization: Bearer <token>`` (401 otherwise); a private
 repository reads as missing without it. ``fail_next('commit')`` makes the next commit answer 500 without changing
-anything; ``seed()`` writes a repository directly; ``requests`` logs ``(method, path)``.
+anything; ``seed()`` writes a repository directly; ``swap_after_download()`` commits new files once a file has been
+served (a push that lands between two downloads); ``requests`` logs ``(method, path)``.
 """
 import base64
 import hashlib
@@ -33,7 +36,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -42,6 +45,7 @@ __all__ = ['HubServer']
 MAX_BODY = 64 * 1024 * 1024
 _REPO = r'(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)'
 _GITATTRIBUTES = b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n'
+_LFS_SUFFIXES = ('.safetensors', '.bin')  # what _GITATTRIBUTES sends to LFS
 
 
 def git_blob_id(content: bytes) -> str:
@@ -83,6 +87,7 @@ class HubServer:
         self.repos: Dict[str, Repo] = {}
         self.requests: List[Tuple[str, str]] = []
         self._failures: Dict[str, List[int]] = {}
+        self._swaps: Dict[Tuple[str, str], Dict[str, bytes]] = {}
         self._lock = threading.Lock()
         self._count = 0
         self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _handler(self))
@@ -130,6 +135,11 @@ class HubServer:
                 repo.branches[branch] = repo.branches['main']
             head = repo.commits[repo.branches[branch]]
             return self._commit(repo, branch, dict(head.files, **files), f'seed {sorted(files)}')
+
+    def swap_after_download(self, repo_id: str, path: str, files: Dict[str, bytes]) -> None:
+        """Once ``path`` of ``repo_id`` has been served (GET), commit ``files`` to its main branch."""
+        with self._lock:
+            self._swaps[(repo_id, path)] = files
 
     def files(self, repo_id: str, revision: str = 'main') -> Dict[str, bytes]:
         """The files of a repository at a branch or commit."""
@@ -189,6 +199,7 @@ class HubServer:
             ('POST', rf'/api/models/{_REPO}/branch/(?P<branch>[^/]+)', 'branch', self._api_branch),
             ('POST', rf'/api/models/{_REPO}/preupload/(?P<rev>[^/]+)', 'preupload', self._api_preupload),
             ('POST', rf'/api/models/{_REPO}/commit/(?P<rev>[^/]+)', 'commit', self._api_commit),
+            ('POST', rf'/api/models/{_REPO}/paths-info/(?P<rev>[^/]+)', 'paths-info', self._api_paths_info),
             ('GET', rf'/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?', 'info', self._api_info),
             ('GET', rf'/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)', 'resolve', self._resolve_file),
             ('HEAD', rf'/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)', 'resolve', self._resolve_file),
@@ -262,6 +273,20 @@ class HubServer:
             tags=[], downloads=0, likes=0, siblings=[dict(rfilename=p) for p in sorted(r.commits[oid].files)])
         return 200, {}, json.dumps(info).encode()
 
+    def _api_paths_info(self, repo, rev, body, authorized, **_):
+        r = self._repo(repo, authorized)
+        files = r.commits[self._resolve(r, rev)].files
+        entries = []
+        for path in parse_qs(body.decode()).get('paths', []):
+            content = files.get(path)
+            if content is None:
+                continue  # the Hub lists the paths that exist
+            entry = dict(type='file', path=path, size=len(content), oid=git_blob_id(content))
+            if path.endswith(_LFS_SUFFIXES):
+                entry['lfs'] = dict(oid=hashlib.sha256(content).hexdigest(), size=len(content), pointerSize=134)
+            entries.append(entry)
+        return 200, {}, json.dumps(entries).encode()
+
     def _api_preupload(self, repo, rev, body, authorized, **_):
         self._require_auth(authorized)
         r = self._repo(repo, authorized)
@@ -315,6 +340,9 @@ class HubServer:
             raise HubError(404, 'Entry not found', 'EntryNotFound', commit=oid)
         headers = {'X-Repo-Commit': oid, 'ETag': f'"{git_blob_id(content)}"',
                    'Content-Type': 'application/octet-stream'}
+        swap = self._swaps.pop((repo, path), None) if method == 'GET' else None
+        if swap is not None:  # this response still carries the old content
+            self._commit(r, 'main', dict(r.commits[r.branches['main']].files, **swap), f'swap {sorted(swap)}')
         return 200, headers, content
 
 

@@ -98,6 +98,74 @@ def test_pre_logits():
     torch.testing.assert_close(_head('none')(x, pre_logits=True), x.mean((2, 3)))
 
 
+@pytest.mark.parametrize('camc', ['class', 'none'])
+def test_pre_logits_follow_pool_type(camc):
+    """Pre-logits are the head's pooled feature, whatever the pooling ('class' used to average regardless)."""
+    x = torch.rand(B, C, H, W, dtype=torch.float64)
+    head = CamcHead(C, K, pool_type='max', camc=camc, dtype=torch.float64).eval()
+    torch.testing.assert_close(head(x, pre_logits=True), x.amax((2, 3)))
+
+
+class _CountClassifierProducts(TorchDispatchMode):
+    """Counts matrix products with a K x C classifier operand whose output has K columns (the plain logits)."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.classes, self.count = classes, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm) \
+                and out.shape[-1] == self.classes:
+            self.count += 1
+        return out
+
+
+def test_class_calibration_skips_unused_plain_logits():
+    """'class' never reads the detached plain prediction: no B x K x C product for it, neither in forward nor in
+    pre_logits (which needs no classifier product at all). 'global' needs it to weight its maps."""
+    x = torch.rand(B, C, H, W, dtype=torch.float64)
+    head = _head('class').eval()
+    with _CountClassifierProducts(K) as rec:
+        head(x, pre_logits=True)
+    assert rec.count == 0
+    with _CountClassifierProducts(K) as rec:
+        head(x)
+    assert rec.count == 1  # the plain logits (auxiliary loss); the calibrated ones come from the class maps
+    with _CountClassifierProducts(K) as rec:
+        _head('global').eval()(x, pre_logits=True)
+    assert rec.count == 1
+
+
+@pytest.mark.parametrize('camc', ['global', 'class'])
+def test_head_scripts(camc):
+    head = _head(camc).eval()
+    x = torch.rand(B, C, H, W, dtype=torch.float64)
+    scripted = torch.jit.script(head)
+    torch.testing.assert_close(scripted(x), head(x))
+    torch.testing.assert_close(scripted(x, pre_logits=True), head(x, pre_logits=True))
+
+
+def test_label_check_runs_on_the_device_without_a_host_sync(monkeypatch):
+    """Off the CPU, labels are checked by torch._assert_async (no bool() of a device tensor per step); on the meta
+    device, where any host read raises, forward_train runs."""
+    calls = []
+    real = torch._assert_async
+    monkeypatch.setattr(torch, '_assert_async', lambda *a: calls.append(a) or real(*a))
+    head = CamcHead(C, K, dtype=torch.float32, device='meta').train()
+    out = head.forward_train(torch.rand(B, C, H, W, device='meta'), torch.zeros(B, dtype=torch.long, device='meta'))
+    assert out.logits.shape == (B, K)
+    if torch.cuda.is_available():
+        head = _head('global', dtype=torch.float32).cuda().train()
+        target = torch.tensor([0, 1, 2], device='cuda')
+        torch.cuda.set_sync_debug_mode('error')  # a host sync raises
+        try:
+            head.forward_train(torch.rand(B, C, H, W, device='cuda'), target)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+        assert calls
+
+
 class _RecordSizes(TorchDispatchMode):
     def __init__(self):
         super().__init__()

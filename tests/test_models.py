@@ -125,6 +125,53 @@ def test_model_api_contract(model_name):
     assert not [n for n, p in model.named_parameters() if p.requires_grad]
 
 
+RESET_SEQUENCES = [
+    # (global_pool at creation, [(num_classes, global_pool or None), ...]): all accepted by timm's ResNet
+    ('', [(0, None), (2, None)]),  # issue 10 item 11: classes come back after the pooling was removed
+    ('', [(2, '')]),
+    ('', [(0, ''), (2, None)]),
+    ('avg', [(0, ''), (0, None), (3, None), (0, None)]),
+    ('avg', [(2, 'max'), (0, ''), (4, None)]),
+    ('avg', [(0, 'catavgmax'), (0, '')]),
+]
+
+
+@pytest.mark.parametrize('camc', ALL_CAMC_MODES)
+@pytest.mark.parametrize('global_pool, calls', RESET_SEQUENCES)
+def test_reset_classifier_sequences_run(camc, global_pool, calls):
+    """Every reset_classifier sequence that timm's ResNet accepts is accepted, keeps device and dtype, and the model
+    runs afterwards (timm's ResNet fails in forward after the first three)."""
+    torch.manual_seed(0)
+    num_classes = 0 if global_pool == '' else 5
+    model = timm.create_model('resnet32_camc_lt', num_classes=num_classes, global_pool=global_pool, camc=camc)
+    model.to(torch.float64).eval()
+    inputs = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for num_classes, pool in calls:
+        model.reset_classifier(num_classes) if pool is None else model.reset_classifier(num_classes, pool)
+        assert model.num_classes == num_classes
+        assert all(t.dtype == torch.float64 for t in model.head.state_dict().values() if t.is_floating_point())
+        out = model(inputs)
+        if num_classes:
+            assert out.shape == (2, num_classes) and torch.isfinite(out).all()
+            assert model.forward_head(model.forward_features(inputs), pre_logits=True).shape == (
+                2, model.head_hidden_size)
+        elif model.head.global_pool.pool_type:
+            assert out.shape == (2, model.head_hidden_size)
+        else:
+            assert out.shape == (2, model.num_features, 8, 8)
+
+
+def test_reset_classifier_refusal_leaves_model_unchanged():
+    model = timm.create_model('resnet32_camc_lt', num_classes=5, camc='global')
+    head = model.head
+    with pytest.raises(ValueError, match='keeps the channel count'):
+        model.reset_classifier(3, 'catavgmax')  # the calibration pools the channels themselves
+    assert model.head is head and model.num_classes == 5
+    plain = timm.create_model('resnet32_camc_lt', num_classes=5, camc='none')
+    plain.reset_classifier(3, 'catavgmax')  # without CAMC, as in timm
+    assert plain(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
 @pytest.mark.parametrize('model_name', MODELS)
 def test_model_features_only(model_name):
     torch.manual_seed(0)
@@ -228,8 +275,8 @@ def test_training_forward_with_labels(model_name):
 
 
 @pytest.mark.parametrize('bad_target, match', [
-    (torch.tensor([0, 1, 5, 2]), r'out of range \[0, 5\): \[5\]'),
-    (torch.tensor([0, -1, 1, 2]), r'out of range \[0, 5\): \[-1\]'),
+    (torch.tensor([0, 1, 5, 2]), r'out of range \[0, 5\): 1 value\(s\): 5$'),
+    (torch.tensor([0, -1, 1, 2]), r'out of range \[0, 5\): 1 value\(s\): -1$'),
     (torch.tensor([0., 1., 1., 2.]), 'int64 class indices'),
     (torch.tensor([0, 1]), 'shape'),
 ])

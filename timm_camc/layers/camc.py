@@ -30,7 +30,7 @@ prototype update touches only the rows of the classes in the batch.
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
 import math
-from typing import Dict, NamedTuple, Optional, Tuple, Type
+from typing import Dict, Final, NamedTuple, Optional, Tuple, Type
 
 import torch
 import torch.distributed as dist
@@ -41,7 +41,7 @@ from timm.layers import SelectAdaptivePool2d
 
 __all__ = [
     'CamcOutput', 'NormedLinear', 'LinearClassifier', 'GlobalCalibration', 'ClassCalibration', 'CamcHead',
-    'l2_normalize', 'CALIBRATIONS',
+    'l2_normalize', 'check_class_indices', 'CALIBRATIONS',
 ]
 
 
@@ -70,6 +70,26 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Ten
     taken in reduced precision.
     """
     return F.normalize(_upcast(x), dim=dim, eps=eps).to(x.dtype)
+
+
+def check_class_indices(labels: torch.Tensor, num_classes: int, what: str = 'labels') -> None:
+    """Checks that integer class indices lie in [0, num_classes) without a host sync on an accelerator.
+
+    On the CPU a ``ValueError`` lists the bad values. On an accelerator, and while compiling or capturing a CUDA
+    graph, the check runs on the device (``torch._assert_async``): reading the result on the host would stall the
+    stream once per call, so a bad label fails the next synchronising call instead, with this message.
+    """
+    if labels.device.type == 'meta':
+        return
+    if labels.device.type != 'cpu' or torch.compiler.is_compiling():
+        torch._assert_async(((labels >= 0) & (labels < num_classes)).all(),
+                            f'{what} out of range [0, {num_classes})')
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        values = torch.unique(labels[bad]).tolist()
+        shown = ', '.join(str(v) for v in values[:20]) + (', ...' if len(values) > 20 else '')
+        raise ValueError(f'{what} out of range [0, {num_classes}): {int(bad.sum())} value(s): {shown}')
 
 
 def _sq_norm(x: torch.Tensor) -> torch.Tensor:
@@ -162,9 +182,12 @@ class _Calibration(nn.Module):
 
     ``forward(x, pooled, weight, row_scale, logits)`` takes the feature map, its plain pooled feature, the raw
     classifier weights, the per-class scale that normalises them (``1 / |w_k|`` for the cosine classifier) and the
-    detached plain logits. It returns the raw projections ``<w_k, .>`` and squared norms of the plain pooled feature
+    detached plain logits (None for a calibration whose ``uses_logits`` is False: the head then skips that
+    B x K x C product). It returns the raw projections ``<w_k, .>`` and squared norms of the plain pooled feature
     and of the calibrated one(s), for the classifier's ``logits_from_projection``.
     """
+    uses_logits: Final[bool]
+    _uses_logits = True  # per subclass; copied to the instance in __init__, where TorchScript reads it
 
     def __init__(
             self,
@@ -182,6 +205,7 @@ class _Calibration(nn.Module):
             raise ValueError(f'prototype momentum must be in [0, 1), got {momentum}')
         if topk < 0:
             raise ValueError(f'topk must be >= 0 (0: all classes), got {topk}')
+        self.uses_logits = self._uses_logits
         self.momentum = momentum
         self.topk = topk if 0 < topk < num_classes else 0  # 0: all classes
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, **dd)
@@ -246,18 +270,20 @@ class GlobalCalibration(_Calibration):
         return (q * row_scale) @ weight, (q * p_scale.to(q.dtype)) @ self.prototypes.to(q.dtype)
 
     def pre_logits(
-            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+            self, x: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor,
+            logits: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """The calibrated pooled feature ``g`` that the classifier scores."""
+        """The calibrated pooled feature ``g`` that the classifier scores (``pooled`` unused)."""
         # the class maps use the classifier as a CAM does, as a constant: the classifier learns from the logits,
         # the backbone from both (and no K x C gradient arises outside the logits product)
         a = self._pool_weights(*self._maps(x, weight, row_scale, logits))  # B x 1 x N
         return torch.bmm(x.flatten(2), a.transpose(1, 2)).squeeze(2)
 
     def _maps(
-            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: Optional[torch.Tensor],
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The expected class map ``(q W_hat) F`` and prototype map ``(q P_hat) F_hat``, both B x 1 x H x W."""
+        assert logits is not None, 'the global calibration is weighted by the plain prediction'
         q = torch.softmax(_upcast(logits.detach()), dim=-1).to(x.dtype)
         u, v = self._expected_directions(weight.detach().to(x.dtype), row_scale.detach().to(x.dtype), q)
         m = torch.einsum('bc,bchw->bhw', u, x).unsqueeze(1)
@@ -265,7 +291,7 @@ class GlobalCalibration(_Calibration):
         return m, r
 
     def calibration_map(
-            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: Optional[torch.Tensor],
             classes: torch.Tensor,
     ) -> torch.Tensor:
         """The map ``A`` (B x H x W, in (0, 1)) that reweights the pooling; one per image (``classes`` unused)."""
@@ -273,26 +299,28 @@ class GlobalCalibration(_Calibration):
 
     def forward(
             self, x: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor,
-            logits: torch.Tensor,
+            logits: Optional[torch.Tensor],
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        g = self.pre_logits(x, weight, row_scale, logits)
+        g = self.pre_logits(x, pooled, weight, row_scale, logits)
         feats = torch.cat([pooled.to(g.dtype), g])  # one product with W for both: half the K x C gradient traffic
         proj, sq_norm = F.linear(feats, weight.to(g.dtype)).chunk(2), _sq_norm(feats).chunk(2)
         return proj[0], sq_norm[0], proj[1], sq_norm[1]
 
 
 class ClassCalibration(_Calibration):
-    """Variant A: a calibrated map and pooled feature per class (``topk`` is not used)."""
+    """Variant A: a calibrated map and pooled feature per class (``topk`` and the plain logits are not used)."""
+    _uses_logits = False
 
     def pre_logits(
-            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+            self, x: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor,
+            logits: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """Class-specific pooling has no single pooled feature: the plain average is returned."""
-        return x.mean((2, 3))
+        """Class-specific pooling has no single pooled feature: the head's plain pooled feature is returned."""
+        return pooled
 
     def forward(
             self, x: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor,
-            logits: torch.Tensor,
+            logits: Optional[torch.Tensor],
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The calibrated projection ``<w_k, g_k>`` and ``|g_k|^2`` are B x K."""
         m, r = self._maps(x, weight)
@@ -310,7 +338,7 @@ class ClassCalibration(_Calibration):
         return m, torch.einsum('kc,bchw->bkhw', p, l2_normalize(x, dim=1))
 
     def calibration_map(
-            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: torch.Tensor,
+            self, x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor, logits: Optional[torch.Tensor],
             classes: torch.Tensor,
     ) -> torch.Tensor:
         """The map ``A_k`` (B x H x W) of class ``classes[b]`` for each image."""
@@ -402,6 +430,13 @@ class CamcHead(nn.Module):
         if self.calib is not None:
             self.calib.reset_parameters()
 
+    def _calib_logits(self, pooled: torch.Tensor, row_scale: torch.Tensor) -> Optional[torch.Tensor]:
+        """The detached plain logits that weight the class maps, only for a calibration that uses them."""
+        if self.calib is None or not self.calib.uses_logits:
+            return None
+        with torch.no_grad():
+            return self.fc.logits_from_projection(F.linear(pooled, self.fc.weight), _sq_norm(pooled), row_scale)
+
     def _logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, plain logits, plain pooled features) of a feature map."""
         pooled = self.global_pool(x)
@@ -409,8 +444,7 @@ class CamcHead(nn.Module):
             plain = self.fc(pooled)
             return plain, plain, pooled
         weight, row_scale = self.fc.weight, self.fc.row_scale()
-        with torch.no_grad():  # the prediction that weights the class maps
-            q_logits = self.fc.logits_from_projection(F.linear(pooled, weight), _sq_norm(pooled), row_scale)
+        q_logits = self._calib_logits(pooled, row_scale)
         proj_plain, sq_plain, proj, sq_norm = self.calib(x, pooled, weight, row_scale, q_logits)
         plain = self.fc.logits_from_projection(proj_plain, sq_plain, row_scale)
         return self.fc.logits_from_projection(proj, sq_norm, row_scale), plain, pooled
@@ -422,7 +456,8 @@ class CamcHead(nn.Module):
             pooled = self.global_pool(x)
             if self.calib is None:
                 return pooled
-            return self.calib.pre_logits(x, self.fc.weight, self.fc.row_scale(), self.fc(pooled))
+            row_scale = self.fc.row_scale()
+            return self.calib.pre_logits(x, pooled, self.fc.weight, row_scale, self._calib_logits(pooled, row_scale))
         return self._logits(x)[0]
 
     @torch.jit.unused
@@ -474,10 +509,5 @@ class CamcHead(nn.Module):
             raise ValueError(
                 f'target must be int64 class indices of shape ({batch_size},), got {target.dtype} of shape '
                 f'{tuple(target.shape)} (soft / mixup targets go to the loss, not to the model)')
-        in_range = ((target >= 0) & (target < self.num_classes)).all()
-        capturing = target.is_cuda and torch.cuda.is_current_stream_capturing()
-        if torch.compiler.is_compiling() or capturing:  # no host sync inside a graph: check on the device
-            torch._assert_async(in_range, f'labels out of range [0, {self.num_classes})')
-        elif target.device.type != 'meta' and not bool(in_range):
-            bad = target[(target < 0) | (target >= self.num_classes)].unique()[:10].tolist()
-            raise ValueError(f'labels out of range [0, {self.num_classes}): {bad}')
+        # on an accelerator the range is checked on the device: no host sync per step, safe in CUDA graph capture
+        check_class_indices(target, self.num_classes, 'labels')

@@ -27,7 +27,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
-from timm_camc.hub import prepare_pretrained
+from timm_camc.pretrained import prepare_pretrained
 from timm_camc.layers import CamcHead
 from timm_camc.weights import HUB_ORG
 
@@ -192,16 +192,27 @@ class CamcResNet(ResNet):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the head (classifier, calibration and prototypes), keeping its CAMC settings.
 
+        Every call sequence that timm's ``ResNet`` accepts is accepted, and the model still runs afterwards: a
+        classifier needs pooled features, so classes coming back after the pooling was removed (``''``) restore
+        average pooling (timm's ResNet would keep ``''`` and fail in forward). The one refusal is a pooling that
+        changes the channel count (``'catavgmax'``) together with a CAMC calibration, which pools the channels
+        themselves. A refused call leaves the model unchanged.
+
         Args:
             num_classes: Number of classes for the new head, 0 for pooled features.
             global_pool: Global pooling type, the current one if None ('' with 0 classes: unpooled features).
         """
         if global_pool is None:
-            global_pool = self.head.global_pool.pool_type
+            global_pool = self.head.global_pool.pool_type or ('avg' if num_classes else '')
+        elif not global_pool and num_classes:
+            _logger.warning(f'reset_classifier({num_classes}, global_pool=\'\'): a classifier needs pooled features, '
+                            f'using average pooling')
+            global_pool = 'avg'
         dd = get_device_dtype(self)
+        head = CamcHead(self.num_features, num_classes, pool_type=global_pool, **self.head_args, **dd)
+        head.train(self.training)
+        self.head = head
         self.num_classes = num_classes
-        self.head = CamcHead(self.num_features, num_classes, pool_type=global_pool, **self.head_args, **dd)
-        self.head.train(self.training)
         self.head_hidden_size = self.num_features * self.head.global_pool.feat_mult()
 
     def forward_intermediates(

@@ -345,3 +345,13 @@ def test_empty_class_folder_is_an_error_unless_allowed(cifar10_small, tmp_path):
     res = _run(*_train_args(data, tmp_path, 'empty', '--epochs', '1', '--lt-imbalance', '0', '--allow-empty-classes'))
     assert res.returncode == 0, res.stderr[-2000:]
     assert torch.load(tmp_path / 'empty' / 'last.pth.tar', weights_only=False)['args'].num_classes == 9
+
+
+def test_run_script_takes_relative_paths_from_the_caller(cifar10_small, tmp_path):
+    (tmp_path / 'here').mkdir()
+    os.symlink(cifar10_small, tmp_path / 'here' / 'mydata')
+    res = _run('bash', str(REPO / 'scripts' / 'run.sh'), '--data-dir', 'mydata', '--val-split', 'nope',
+               cwd=tmp_path / 'here')
+    # the training folder was found from the caller's directory; the wrong split is reported with its full path
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"Validation folder not found: '{tmp_path / 'here' / 'mydata' / 'nope'}'" in res.stderr, res.stderr[-2000:]

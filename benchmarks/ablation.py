@@ -792,8 +792,8 @@ def fit_plan(
 def scale_label(device_type: str, epochs_planned: int, epochs_completed: int, data: Mapping[str, Any],
                 cfg: TrainConfig, measure: bool = False) -> str:
     """'full' only for the whole protocol: full data, the benchmark recipe, 200 planned and completed epochs.
-    Otherwise 'measure', 'cpu-dry-run' (CPU, < 5 epochs or < 100 images in the largest class), 'cpu-reduced'
-    or 'reduced'."""
+    Otherwise 'measure', 'cpu-dry-run' (CPU, < 5 epochs or < 100 images in the largest class),
+    'cpu-short-schedule' (CPU, the full data and recipe with fewer epochs), 'cpu-reduced' or 'reduced'."""
     if measure:
         return 'measure'
     recipe = all(getattr(cfg, k) == v for k, v in BENCHMARK_RECIPE.items())
@@ -802,7 +802,9 @@ def scale_label(device_type: str, epochs_planned: int, epochs_completed: int, da
     if recipe and full_data and epochs_planned == epochs_completed == FULL_EPOCHS:
         return 'full'
     if device_type == 'cpu':
-        return 'cpu-dry-run' if epochs_completed < 5 or data['train_per_class_max'] < 100 else 'cpu-reduced'
+        if epochs_completed < 5 or data['train_per_class_max'] < 100:
+            return 'cpu-dry-run'
+        return 'cpu-short-schedule' if recipe and full_data and epochs_planned == epochs_completed else 'cpu-reduced'
     return 'reduced'
 
 

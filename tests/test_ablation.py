@@ -147,6 +147,19 @@ def test_scale_labels():
     assert ablation.scale_label('cuda', 200, 200, full, ablation.TrainConfig(epochs=200, batch_size=256)) == 'reduced'
     assert ablation.scale_label('cpu', 2, 2, dict(full, train_per_class_max=50), cfg) == 'cpu-dry-run'
     assert ablation.scale_label('cpu', 15, 15, dict(full, train_per_class_max=500), cfg) == 'cpu-reduced'
+    assert ablation.scale_label('cpu', 24, 24, full, cfg) == 'cpu-short-schedule'
+    assert ablation.scale_label('cpu', 24, 10, full, cfg) == 'cpu-reduced'  # stopped early
+
+
+def test_report_lists_paired_differences_per_seed_and_relabels_old_cpu_records():
+    base = dict(scale='cpu-reduced', epochs=24, epochs_completed=24, complete=True,
+                data=dict(train_per_class_max=5000, test_per_class=1000, lt_seed=0, imbalance=100))
+    records = [dict(base, row='cosine_s16', seed=0, top1=50.), dict(base, row='cosine_s16', seed=1, top1=52.),
+               dict(base, row='camc_global', baseline='cosine_s16', seed=0, top1=49.),
+               dict(base, row='camc_global', baseline='cosine_s16', seed=1, top1=54.5)]
+    text = ablation_report.render(records)
+    assert 'scale: `cpu-short-schedule`' in text and 'Not the 200-epoch benchmark' in text
+    assert '+0.8 ± 2.5 vs `cosine_s16` (s0 -1.00, s1 +2.50)' in text
 
 
 # --- runs on the CPU --------------------------------------------------------------------------------------------------

@@ -75,12 +75,10 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Ten
 def check_class_indices(labels: torch.Tensor, num_classes: int, what: str = 'labels') -> None:
     """Checks that integer class indices lie in [0, num_classes) without a host sync on an accelerator.
 
-    On the CPU a ``ValueError`` lists the bad values. On an accelerator, and while compiling or capturing a CUDA
-    graph, the check runs on the device (``torch._assert_async``): reading the result on the host would stall the
+    On the CPU a ``ValueError`` lists the bad values. On an accelerator (and the meta device), and while compiling or
+    capturing a CUDA graph, the check runs on the device (``torch._assert_async``): reading the result on the host would stall the
     stream once per call, so a bad label fails the next synchronising call instead, with this message.
     """
-    if labels.device.type == 'meta':
-        return
     if labels.device.type != 'cpu' or torch.compiler.is_compiling():
         torch._assert_async(((labels >= 0) & (labels < num_classes)).all(),
                             f'{what} out of range [0, {num_classes})')

@@ -1,10 +1,17 @@
 """ Evaluation metrics for long-tailed recognition
 
-``LongTailMetrics`` accumulates a confusion matrix (and top-5 hits) over an evaluation set, optionally across
-``torch.distributed`` ranks, and reports overall top-1 / top-5, per-class accuracy and the accuracy of class
-groups: many / medium / few-shot classes by training count (the usual ImageNet-LT / Places-LT / iNaturalist
-protocol, > 100, 20-100, < 20 images) and / or fixed groups of class indices (e.g. ``default_class_groups(10)``
-for CIFAR-10-LT). A group's accuracy is the mean of its classes' accuracies (not pooled over its samples).
+``LongTailMetrics`` accumulates per-class correct and support counts (and top-5 hits) over an evaluation set,
+optionally across ``torch.distributed`` ranks, and reports overall top-1 / top-5, per-class accuracy and two
+groupings of the classes, under distinct names:
+
+* shot groups, by training images per class (the ImageNet-LT / Places-LT / iNaturalist protocol): ``many_shot``
+  (> 100), ``medium_shot`` (20-100) and ``few_shot`` (< 20), when the training class counts are known;
+* class groups, named classes sets reported under ``class_groups``, e.g. ``head`` / ``medium`` / ``tail`` from
+  ``default_class_groups(train_counts)`` for a 10-class long-tailed set such as CIFAR-10-LT.
+
+A group's accuracy is the mean of its classes' accuracies (not pooled over its samples). The counts stay on the
+device of the logits and are updated in place, with no host sync per batch; the K x K confusion matrix is only
+accumulated when asked for (``confusion=True``).
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
@@ -13,20 +20,20 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import torch
 import torch.distributed as dist
 
+from .layers.camc import check_class_indices
+
 __all__ = ['confusion_matrix', 'accuracy_by_group', 'default_class_groups', 'LongTailMetrics']
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int, what: str = 'targets') -> None:
-    """Raises ValueError unless ``labels`` is a 1-D integer tensor with values in [0, num_classes)."""
+    """Raises ValueError unless ``labels`` is a 1-D integer tensor with values in [0, num_classes).
+
+    The range is checked on the device for accelerator tensors (see ``check_class_indices``): no host sync.
+    """
     if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f'{what} must be a 1-D tensor of integer class indices, got {labels.dtype} '
                          f'of shape {tuple(labels.shape)}')
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        values = torch.unique(labels[bad]).tolist()
-        shown = ', '.join(str(v) for v in values[:20]) + (', ...' if len(values) > 20 else '')
-        raise ValueError(f'{what} must be in [0, {num_classes}), got {int(bad.sum())} out-of-range '
-                         f'value(s): {shown}')
+    check_class_indices(labels, num_classes, what)
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -46,8 +53,16 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
     if preds.shape != targets.shape:
         raise ValueError(f'preds and targets must have the same shape, got {tuple(preds.shape)} and '
                          f'{tuple(targets.shape)}')
+    confmat = torch.zeros(num_classes, num_classes, dtype=torch.long, device=targets.device)
+    _add_confusion(confmat, preds, targets)
+    return confmat
+
+
+def _add_confusion(confmat: torch.Tensor, preds: torch.Tensor, targets: torch.Tensor) -> None:
+    """Adds a batch to a K x K confusion matrix in place (one ``index_add_``, no K x K temporary)."""
+    num_classes = confmat.shape[0]
     index = targets.long() * num_classes + preds.long()
-    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    confmat.view(-1).index_add_(0, index, torch.ones_like(index))
 
 
 def accuracy_by_group(
@@ -70,42 +85,59 @@ def accuracy_by_group(
     return out
 
 
-def default_class_groups(num_classes: int) -> Optional[Dict[str, List[int]]]:
-    """Fixed head / medium / tail class groups for datasets that have a customary split.
+def default_class_groups(
+        num_classes: int,
+        train_counts: Optional[Union[Sequence[int], torch.Tensor]] = None,
+) -> Optional[Dict[str, List[int]]]:
+    """Head / medium / tail class groups where the customary split applies: a long-tailed 10-class training set.
 
-    CIFAR-10-LT (K = 10, classes sorted by decreasing training count): head = classes 0-2, medium = 3-6,
-    tail = 7-9. Other class counts have none (use many / medium / few-shot by training count instead).
+    CIFAR-10-LT reports the 3 most frequent training classes as head, the next 4 as medium and the 3 least frequent
+    as tail. The groups are taken from the training counts (ties keep the class order), not from the class indices,
+    so they are only given when the counts are known and not all equal: any other 10-class dataset, a balanced one or
+    one without counts gets None, and so does any other class count (use the shot groups by training count there).
 
     Args:
         num_classes: Number of classes K.
+        train_counts: Training images per class (length K).
 
     Returns:
         Group name -> class indices, or None.
     """
-    if num_classes == 10:
-        return {'head': [0, 1, 2], 'medium': [3, 4, 5, 6], 'tail': [7, 8, 9]}
-    return None
+    if num_classes != 10 or train_counts is None:
+        return None
+    counts = torch.as_tensor(train_counts).detach().cpu()
+    if counts.shape != (num_classes,) or bool((counts == counts[0]).all()):
+        return None
+    order = torch.sort(-counts.long(), stable=True).indices.tolist()
+    return {'head': sorted(order[:3]), 'medium': sorted(order[3:7]), 'tail': sorted(order[7:])}
 
 
 class LongTailMetrics:
-    """Accumulated top-1 / top-5, per-class and class-group accuracy for long-tailed classification.
+    """Accumulated top-1 / top-5, per-class, shot-group and class-group accuracy for long-tailed classification.
 
     Usage: ``reset()``, ``update(logits, targets)`` per batch, ``sync()`` on every rank after the last batch
     (a no-op without ``torch.distributed``), then ``compute()``. ``sync()`` keeps the local counts, so calling
     it twice does not double-count; an ``update()`` after it drops the synced result until the next ``sync()``.
+
+    The state is K per-class correct counts, K support counts and the top-5 hits, on the device of the logits and
+    updated in place: ``update()`` never waits for the device (out-of-range labels on an accelerator fail at the next
+    synchronising call), and ``sync()`` all-reduces 2K + 1 numbers. The K x K confusion matrix costs 8 K^2 bytes
+    (530 MB at K = 8,142) and is accumulated only with ``confusion=True``.
 
     ``compute()`` returns a dict with:
 
     * ``top1``, ``top5``: accuracy in percent (``top5`` is None when K < 5; both None before any sample),
     * ``per_class``: list of K accuracies in percent, None for classes without test samples,
     * ``num_samples``: number of samples seen,
-    * with ``train_counts``: ``many`` (> ``many_thresh`` training images), ``medium`` (``few_thresh`` to
-      ``many_thresh`` inclusive) and ``few`` (< ``few_thresh``) accuracies (None for an empty group),
-      ``group_sizes`` (classes per group), ``many_thresh`` and ``few_thresh``,
-    * with ``class_groups``: ``class_groups`` (name -> accuracy) and ``class_group_sizes`` (name -> classes).
+    * with ``train_counts``, the shot groups: ``many_shot`` (> ``many_thresh`` training images), ``medium_shot``
+      (``few_thresh`` to ``many_thresh`` inclusive) and ``few_shot`` (< ``few_thresh``) accuracies (None for an
+      empty group), ``shot_group_sizes`` (classes per group, same three keys), ``many_thresh`` and ``few_thresh``,
+    * with ``class_groups``: ``class_groups`` (name -> accuracy) and ``class_group_sizes`` (name -> classes),
+    * with ``confusion=True``: ``confusion_matrix``, K x K nested lists (rows = true class).
 
     Group accuracies are means of per-class accuracies over the group's classes that have test samples.
     """
+    shot_group_names = ('many_shot', 'medium_shot', 'few_shot')
 
     def __init__(
             self,
@@ -114,6 +146,8 @@ class LongTailMetrics:
             many_thresh: int = 100,
             few_thresh: int = 20,
             class_groups: Optional[Mapping[str, Sequence[int]]] = None,
+            confusion: bool = False,
+            device: Optional[Union[str, torch.device]] = None,
     ):
         """
         Args:
@@ -121,7 +155,9 @@ class LongTailMetrics:
             train_counts: Training images per class (length K), for the many / medium / few-shot groups.
             many_thresh: Classes with more training images than this are many-shot.
             few_thresh: Classes with fewer training images than this are few-shot.
-            class_groups: Group name -> class indices, reported in addition (e.g. ``default_class_groups(10)``).
+            class_groups: Group name -> class indices, reported in addition (e.g. ``default_class_groups``).
+            confusion: Also accumulate the K x K confusion matrix (``confusion_matrix()``, and in ``compute()``).
+            device: Device of the counts (default: the CPU until the first ``update()`` moves them to the logits').
         """
         if num_classes < 1:
             raise ValueError(f'num_classes must be >= 1, got {num_classes}')
@@ -130,6 +166,8 @@ class LongTailMetrics:
         self.num_classes = num_classes
         self.many_thresh = many_thresh
         self.few_thresh = few_thresh
+        self.confusion = confusion
+        self.device = torch.device(device) if device is not None else torch.device('cpu')
 
         self.shot_groups: Optional[Dict[str, List[int]]] = None
         if train_counts is not None:
@@ -139,11 +177,9 @@ class LongTailMetrics:
                                  f'got shape {tuple(counts.shape)}')
             if (counts < 0).any():
                 raise ValueError('train_counts must be non-negative')
+            masks = (counts > many_thresh, (counts >= few_thresh) & (counts <= many_thresh), counts < few_thresh)
             self.shot_groups = {
-                'many': (counts > many_thresh).nonzero().flatten().tolist(),
-                'medium': ((counts >= few_thresh) & (counts <= many_thresh)).nonzero().flatten().tolist(),
-                'few': (counts < few_thresh).nonzero().flatten().tolist(),
-            }
+                name: mask.nonzero().flatten().tolist() for name, mask in zip(self.shot_group_names, masks)}
 
         self.class_groups: Optional[Dict[str, List[int]]] = None
         if class_groups is not None:
@@ -159,13 +195,32 @@ class LongTailMetrics:
 
     def reset(self) -> None:
         """Clears the accumulated counts."""
-        self.confmat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
-        self.top5_hits = torch.zeros((), dtype=torch.long)
-        self._synced: Optional[torch.Tensor] = None  # flat [confmat, top5_hits] summed over ranks
+        # one buffer: [correct (K), support (K), top-5 hits (1)], summed over ranks by a single all-reduce
+        self._counts = torch.zeros(2 * self.num_classes + 1, dtype=torch.long, device=self.device)
+        self.confmat: Optional[torch.Tensor] = None
+        if self.confusion:
+            self.confmat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
+        self._synced: Optional[torch.Tensor] = None  # _counts (and the flat confmat) summed over ranks
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """Correct top-1 predictions per true class (local to this rank), K int64."""
+        return self._counts[:self.num_classes]
+
+    @property
+    def support(self) -> torch.Tensor:
+        """Samples per true class (local to this rank), K int64."""
+        return self._counts[self.num_classes:2 * self.num_classes]
+
+    def _to(self, device: torch.device) -> None:
+        self.device = device
+        self._counts = self._counts.to(device)
+        if self.confmat is not None:
+            self.confmat = self.confmat.to(device)
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Adds a batch.
+        """Adds a batch (in place on the device of ``logits``, without waiting for it).
 
         Args:
             logits: Class scores (B, K).
@@ -173,17 +228,22 @@ class LongTailMetrics:
         """
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f'logits must have shape (B, {self.num_classes}), got {tuple(logits.shape)}')
-        _check_labels(targets, self.num_classes, 'targets')
-        if targets.shape[0] != logits.shape[0]:
+        if targets.dim() == 1 and targets.shape[0] != logits.shape[0]:
             raise ValueError(f'{logits.shape[0]} logits rows but {targets.shape[0]} targets')
-        targets = targets.to(logits.device)
-        if self.confmat.device != logits.device:
-            self.confmat = self.confmat.to(logits.device)
-            self.top5_hits = self.top5_hits.to(logits.device)
-        self.confmat += confusion_matrix(logits.argmax(dim=1), targets, self.num_classes)
-        if self.num_classes >= 5:
+        _check_labels(targets, self.num_classes, 'targets')
+        targets = targets.to(logits.device, torch.long, non_blocking=True)
+        if self._counts.device != logits.device:
+            self._to(logits.device)
+        K = self.num_classes
+        preds = logits.argmax(dim=1)
+        hits = (preds == targets).long()
+        self._counts.index_add_(0, targets, hits)  # correct
+        self._counts.index_add_(0, targets + K, torch.ones_like(targets))  # support
+        if K >= 5:
             top5 = logits.topk(5, dim=1).indices
-            self.top5_hits += (top5 == targets.unsqueeze(1)).any(dim=1).sum()
+            self._counts[-1:] += (top5 == targets.unsqueeze(1)).any(dim=1).sum()
+        if self.confmat is not None:
+            _add_confusion(self.confmat, preds, targets)
         self._synced = None
 
     def sync(self, group: Optional[dist.ProcessGroup] = None) -> None:
@@ -194,37 +254,51 @@ class LongTailMetrics:
         """
         if not (dist.is_available() and dist.is_initialized()):
             return
-        state = torch.cat([self.confmat.flatten(), self.top5_hits.reshape(1)])
+        state = self._counts if self.confmat is None else torch.cat([self._counts, self.confmat.flatten()])
+        state = state.clone()
         if dist.get_backend(group) == dist.Backend.NCCL and state.device.type != 'cuda':
             state = state.to(torch.device('cuda', torch.cuda.current_device()))
         dist.all_reduce(state, op=dist.ReduceOp.SUM, group=group)
         self._synced = state
 
-    def _counts(self):
-        if self._synced is None:
-            return self.confmat.cpu(), int(self.top5_hits)
-        state = self._synced.cpu()
-        return state[:-1].reshape(self.num_classes, self.num_classes), int(state[-1])
+    def _state(self) -> torch.Tensor:
+        """The (synced when ``sync()`` was called) counts, and the flat confusion matrix with ``confusion=True``."""
+        if self._synced is not None:
+            return self._synced.cpu()
+        state = self._counts if self.confmat is None else torch.cat([self._counts, self.confmat.flatten()])
+        return state.cpu()
+
+    def confusion_matrix(self) -> torch.Tensor:
+        """The K x K confusion matrix (rows = true class; synced when ``sync()`` was called), on the CPU.
+
+        Raises:
+            RuntimeError: The metrics were created without ``confusion=True``.
+        """
+        if not self.confusion:
+            raise RuntimeError('LongTailMetrics(confusion=True) accumulates the confusion matrix; this one does not')
+        return self._state()[2 * self.num_classes + 1:].reshape(self.num_classes, self.num_classes)
 
     def compute(self) -> Dict[str, object]:
         """The metrics (after ``sync()`` when distributed); see the class docstring for the keys."""
-        confmat, top5_hits = self._counts()
-        support = confmat.sum(dim=1)
-        correct = confmat.diagonal()
+        state = self._state()
+        K = self.num_classes
+        correct, support, top5_hits = state[:K], state[K:2 * K], int(state[2 * K])
         num_samples = int(support.sum())
         per_class = [100. * c / n if n else None for c, n in zip(correct.tolist(), support.tolist())]
         out = {
             'top1': 100. * int(correct.sum()) / num_samples if num_samples else None,
-            'top5': 100. * top5_hits / num_samples if num_samples and self.num_classes >= 5 else None,
+            'top5': 100. * top5_hits / num_samples if num_samples and K >= 5 else None,
             'per_class': per_class,
             'num_samples': num_samples,
         }
         if self.shot_groups is not None:
             out.update(accuracy_by_group(per_class, self.shot_groups))
-            out['group_sizes'] = {name: len(idx) for name, idx in self.shot_groups.items()}
+            out['shot_group_sizes'] = {name: len(idx) for name, idx in self.shot_groups.items()}
             out['many_thresh'] = self.many_thresh
             out['few_thresh'] = self.few_thresh
         if self.class_groups is not None:
             out['class_groups'] = accuracy_by_group(per_class, self.class_groups)
             out['class_group_sizes'] = {name: len(idx) for name, idx in self.class_groups.items()}
+        if self.confusion:
+            out['confusion_matrix'] = state[2 * K + 1:].reshape(K, K).tolist()
         return out

@@ -2,16 +2,24 @@
 """ Publish trained CAMC weights to the Hugging Face Hub, with a model card
 
     python hub/publish.py --checkpoint output/train/<run>/last.pth.tar --metrics output/train/<run>/results.json \\
-        --ema --repo-id timm-camc/resnet32_camc_lt.cifar10_lt_r100
-    python hub/publish.py --checkpoint ... --metrics ... --raw --out hub_folder/      # write the folder only
+        --ema --repo-id <you>/resnet32_camc_lt.my_run --tag my_run             # your own weights
+    python hub/publish.py --checkpoint ... --metrics ... --raw --out hub_folder/   # write the folder only
+    python hub/publish.py --checkpoint ... --metrics ... --ema --official --repo-id timm-camc/<arch>.<tag>
 
 The folder holds ``model.safetensors`` (the EMA or the raw weights, chosen explicitly), timm's ``config.json`` (with
 the CAMC head in ``model_args`` so ``timm.create_model('hf-hub:<repo>', pretrained=True)`` rebuilds it, and the
 weights' sha256) and a ``README.md`` model card made from the one metrics record given (a validate.py results
-JSON measured on the same weights). Pushing creates the repository (and ``--revision`` branch) if needed and
-uploads everything as one commit; weights already in the repository are only replaced with ``--force``. The token
-comes from ``HF_TOKEN`` or ``hf auth login`` and is never printed or written. After publishing, the record to add
-to ``timm_camc/weights.py`` is printed.
+JSON measured on the same weights).
+
+Labels come from the checkpoint's own training options: a run is published under a user tag (``custom`` unless
+``--tag``) and the dataset its options record. A timm-camc registry tag (``--official``, or ``--tag`` naming one) and
+the ``timm-camc`` organisation are only used when asked for, and only for a run whose options are the registry
+recipe's; a contradiction (imbalance ratio, class count, recipe option) is refused, naming each difference.
+
+Pushing creates the repository (and ``--revision`` branch) if needed and uploads everything as one commit; weights
+already in the repository are only replaced with ``--force``. The token comes from ``HF_TOKEN`` or ``hf auth login``
+and is never printed or written. After publishing registry weights, the record to add to ``timm_camc/weights.py``
+is printed.
 
 Exit status: 0 published (or written, or already identical), 1 the upload failed (nothing was published; running
 again is safe), 2 invalid input or no token (nothing was done), 3 refused: the repository already has weights.
@@ -27,16 +35,18 @@ import tempfile
 
 from huggingface_hub import get_token
 
-from timm_camc.hub import (
-    CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, WeightsExistError, build_trained_model, check_metrics, export_folder,
-    load_trained_checkpoint, push_folder, read_metrics, resolve_dataset, resolve_tag, validate_repo_id,
+from timm_camc.pretrained import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
+from timm_camc.publish import (
+    WeightsExistError, build_trained_model, check_metrics, export_folder, load_trained_checkpoint, push_folder,
+    read_metrics, resolve_label, validate_repo_id,
 )
-from timm_camc.weights import HUB_ORG, WEIGHTS
+from timm_camc.weights import HUB_ORG
 
 _logger = logging.getLogger('publish')
 
 EXIT_FAILED, EXIT_INVALID, EXIT_REFUSED = 1, 2, 3
 _HUB_FOLDER_FILES = {WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, '.gitattributes'}  # what --force may replace in --out
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the registry recipes: configs/*.yaml
 
 parser = argparse.ArgumentParser(
     description='Publish trained CAMC weights to the Hugging Face Hub, with a model card',
@@ -51,14 +61,19 @@ weights.add_argument('--ema', action='store_true', help='publish the EMA weights
 weights.add_argument('--raw', action='store_true', help='publish the raw weights (state_dict)')
 group.add_argument('--model-name', metavar='ARCH', default=None,
                    help='architecture the checkpoint must be (default: the one it was trained as)')
+group = parser.add_argument_group('Label (from the checkpoint\'s training options; contradictions are refused)')
 group.add_argument('--tag', metavar='TAG', default=None,
-                   help='pretrained tag (default: the registry tag of this arch and class count)')
+                   help='pretrained tag (default: "custom"; a timm_camc.weights tag labels the weights as the '
+                        'registry\'s, which the run must match)')
+group.add_argument('--official', action='store_true',
+                   help='these are timm-camc\'s registry weights: the tag (inferred if not given) and repository are '
+                        'the registry\'s, and the run must be its recipe')
 group.add_argument('--dataset', metavar='NAME', default=None,
-                   help='dataset key of timm_camc.weights.DATASETS, or a name (default: the registry record\'s)')
+                   help='dataset key of timm_camc.weights.DATASETS, or a name (default: what the run records)')
 group = parser.add_argument_group('Destination')
-dest = group.add_mutually_exclusive_group(required=True)
-dest.add_argument('--out', metavar='DIR', default=None, help='write the Hub folder here, push nothing')
-dest.add_argument('--repo-id', metavar='ORG/NAME', default=None, help='Hub model repository to push to')
+group.add_argument('--out', metavar='DIR', default=None, help='write the Hub folder here, push nothing')
+group.add_argument('--repo-id', metavar='ORG/NAME', default=None,
+                   help='Hub model repository: pushed to, or with --out the one the card names')
 group.add_argument('--revision', metavar='BRANCH', default=None,
                    help='branch to commit to, created if missing (default: the default branch)')
 group.add_argument('--force', action='store_true',
@@ -92,6 +107,8 @@ def _write_folder(export_args: dict, out: str, force: bool):
 
 def main(argv=None) -> int:
     args = parser.parse_args(argv)
+    if args.out is None and args.repo_id is None:
+        parser.error('give --repo-id (push) or --out (write the folder)')
 
     # checks that need no work: destination, credentials
     token = None
@@ -101,6 +118,11 @@ def main(argv=None) -> int:
         except ValueError as e:
             _logger.error(str(e))
             return EXIT_INVALID
+        if args.repo_id.split('/')[0] == HUB_ORG and not args.official:
+            _logger.error(f'{HUB_ORG}/ holds the registry weights: add --official (the run is then checked against '
+                          f'the registry recipe) or publish to your own repository. Nothing was done.')
+            return EXIT_INVALID
+    if args.out is None:
         try:
             token = get_token()
         except Exception as e:  # e.g. a failed OIDC token exchange
@@ -126,16 +148,17 @@ def main(argv=None) -> int:
         checkpoint = load_trained_checkpoint(args.checkpoint, use_ema=args.ema, model_name=args.model_name)
         metrics = read_metrics(args.metrics)
         check_metrics(checkpoint, metrics)
-        tag = resolve_tag(checkpoint, args.tag)
-        resolve_dataset(args.dataset, checkpoint, tag, metrics)
-        model = build_trained_model(checkpoint, tag)
+        label = resolve_label(checkpoint, metrics, tag=args.tag, dataset=args.dataset, official=args.official,
+                              repo_root=_REPO_ROOT)
+        model = build_trained_model(checkpoint, label.tag)
     except (ValueError, FileNotFoundError) as e:
         _logger.error(f'{e}. Nothing was done.')
         return EXIT_INVALID
-    name = f'{checkpoint.arch}.{tag}'
-    hub_id = args.repo_id or (WEIGHTS[name].hub_id if name in WEIGHTS else f'{HUB_ORG}/{name}')
-    export_args = dict(model=model, checkpoint=checkpoint, metrics=metrics, tag=tag, hub_id=hub_id,
-                       dataset=args.dataset, secrets=(token,) if token else ())
+    name = f'{checkpoint.arch}.{label.tag}'
+    # a user's weights never point at the registry's repository; with --out and no --repo-id the card has a placeholder
+    hub_id = args.repo_id or (label.record.hub_id if label.official else None)
+    export_args = dict(model=model, checkpoint=checkpoint, metrics=metrics, label=label, hub_id=hub_id,
+                       secrets=(token,) if token else ())
     kind = 'EMA' if checkpoint.use_ema else 'raw'
 
     try:

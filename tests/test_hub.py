@@ -11,8 +11,10 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,8 @@ from safetensors.torch import save as safetensors_bytes
 
 import timm
 import timm_camc  # noqa: F401, registers the models
-from timm_camc import hub as camc_hub
+from timm_camc import pretrained as camc_pretrained
+from timm_camc.utils import create_eval_model
 from timm_camc.weights import DATASETS, METRIC_KEYS, WEIGHTS, PretrainedWeights, markdown_model_table
 
 from conftest import REPO
@@ -86,6 +89,10 @@ def run(tmp_path_factory):
     torch.save(dict(checkpoint, state_dict_ema=None, args=argparse.Namespace(**dict(options, model_ema=False))),
                d / 'no_ema.pth.tar')
     (d / 'results.json').write_text(json.dumps(_metrics()))
+    # a user's own small run, configured from the registry recipe: balanced 6 images per class, 4 epochs
+    small = dict(options, lt_imbalance=0, epochs=4, class_counts=[6] * 10)
+    torch.save(dict(checkpoint, args=argparse.Namespace(**small)), d / 'small.pth.tar')
+    (d / 'results_small.json').write_text(json.dumps(_metrics(class_counts=[6] * 10, num_samples=20, checkpoint='small.pth.tar')))
     (d / 'results_raw.json').write_text(json.dumps(_metrics(use_ema=False, top1=70.5)))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -106,7 +113,7 @@ def _env(hub, home, *, token=False, offline=False):
     return env
 
 
-def _python(args, env, timeout=120):
+def _python(args, env, timeout=600):  # generous: a loaded CI machine starts python slowly
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -131,7 +138,7 @@ def published(hub, run, tmp_path_factory):
     """The EMA weights published to REPO_ID by the command line, as a user would."""
     home = tmp_path_factory.mktemp('publisher_home')
     result = _python(['hub/publish.py', '--checkpoint', run['checkpoint'], '--metrics', run['metrics'], '--ema',
-                      '--repo-id', REPO_ID], _env(hub, home, token=True))
+                      '--official', '--repo-id', REPO_ID], _env(hub, home, token=True))
     assert result.returncode == 0, result.stderr[-3000:]
     _no_token(result.stdout, result.stderr)
     _no_token_in_files(home)
@@ -157,7 +164,7 @@ def same(model):
 '''
 
 _ONLINE_CLIENT = _CLIENT_PRELUDE + r'''
-from timm_camc.hub import verify_weights
+from timm_camc.pretrained import verify_weights
 
 def finetune():
     state = timm.create_model(f'hf-hub:{repo}', pretrained=True, num_classes=5).state_dict()
@@ -178,6 +185,7 @@ attempt('pickle_allowed', lambda: same(timm.create_model(f'hf-hub:{spec["pickle"
 del os.environ['TIMM_CAMC_ALLOW_PICKLE']
 attempt('tampered', lambda: timm.create_model(f'hf-hub:{spec["tampered"]}', pretrained=True) and 'loaded')
 attempt('tampered_verify', lambda: verify_weights(spec['tampered']))
+attempt('moving', lambda: same(timm.create_model(f'hf-hub:{spec["moving"]}', pretrained=True)))
 print(json.dumps(out))
 '''
 
@@ -202,12 +210,22 @@ def online(hub, run, published, tmp_path_factory):
     hub.seed('test-org/tampered', {
         'config.json': published_config, 'README.md': hub.files(REPO_ID)['README.md'],
         'model.safetensors': safetensors_bytes({k: v.contiguous() for k, v in run['raw'].items()})})
+    # a repository whose branch moves (other weights, with their own matching record) right after the weights are
+    # downloaded: what is loaded must be what was checked, not a second download by branch name
+    hub.seed('test-org/moving', {k: v for k, v in hub.files(REPO_ID).items() if k != '.gitattributes'})
+    raw = safetensors_bytes({k: v.contiguous() for k, v in run['raw'].items()})
+    raw_config = json.loads(published_config)
+    raw_config['weights_sha256'] = {'model.safetensors': _sha256(raw)}
+    hub.swap_after_download('test-org/moving', 'model.safetensors',
+                            {'model.safetensors': raw, 'config.json': json.dumps(raw_config).encode()})
     home = tmp_path_factory.mktemp('client_home')
     spec = dict(reference=str(run['dir'] / 'reference.pt'), repo=REPO_ID, pickle='test-org/pickle-only',
-                tampered='test-org/tampered')
+                tampered='test-org/tampered', moving='test-org/moving')
+    requests = len(hub.requests)
     result = _python(['-c', _ONLINE_CLIENT, json.dumps(spec)], _env(hub, home))
     assert result.returncode == 0, result.stderr[-3000:]
-    return dict(home=home, results=json.loads(result.stdout.strip().splitlines()[-1]), stderr=result.stderr)
+    return dict(home=home, results=json.loads(result.stdout.strip().splitlines()[-1]), stderr=result.stderr,
+                requests=hub.requests[requests:])
 
 
 # ---------------------------------------------------------------------------------------------- weights registry
@@ -255,12 +273,8 @@ def test_weights_registry_schema_matches_default_cfgs():
 
 
 def test_readme_model_table_is_generated_from_the_registry():
-    table = markdown_model_table()
-    docs = [p for p in (REPO / 'README.md', REPO / 'hub' / 'README_SECTION.md')
-            if p.is_file() and table.splitlines()[0] in p.read_text()]
-    assert docs, 'the model table belongs in README.md (hub/README_SECTION.md until it is merged)'
-    for doc in docs:
-        assert table in doc.read_text(), f'{doc.name}: paste timm_camc.weights.markdown_model_table() again'
+    assert markdown_model_table() in (REPO / 'README.md').read_text(), \
+        'README.md: paste timm_camc.weights.markdown_model_table() again'
 
 
 # ------------------------------------------------------------------------------------- publish -> load, online
@@ -358,8 +372,10 @@ def _publish(publisher, capsys, caplog, *argv):
     return code, out, err + caplog.text
 
 
-def _inputs(run, ema=True, metrics=None):
-    return ['--checkpoint', run['checkpoint'], '--metrics', metrics or run['metrics'], '--ema' if ema else '--raw']
+def _inputs(run, ema=True, metrics=None, tag='cifar10_lt_r100'):
+    """Publisher arguments for the run; the registry tag by default (the run is its recipe), none with tag=None."""
+    argv = ['--checkpoint', run['checkpoint'], '--metrics', metrics or run['metrics'], '--ema' if ema else '--raw']
+    return argv + (['--tag', tag] if tag else [])
 
 
 def test_second_publish_is_refused_and_changes_nothing_then_force_replaces(publisher, hub_here, run, capsys, caplog):
@@ -387,7 +403,8 @@ def test_second_publish_is_refused_and_changes_nothing_then_force_replaces(publi
     config = json.loads(files['config.json'])
     sha = _sha256(files['model.safetensors'])
     assert config['weights_sha256'] == {'model.safetensors': sha}
-    assert camc_hub.read_card_sha256(files['README.md'].decode()) == sha and '70.50' in files['README.md'].decode()
+    assert camc_pretrained.read_card_sha256(files['README.md'].decode()) == sha
+    assert '70.50' in files['README.md'].decode()
 
 
 def test_server_error_mid_upload_fails_then_retry_succeeds(publisher, hub_here, run, capsys, caplog):
@@ -466,7 +483,7 @@ def test_checkpoint_metrics_or_arch_mismatch_is_refused(publisher, run, capsys, 
     metrics = _metrics(**{'metrics_model': dict(model='resnet50_camc_lt'),
                           'metrics_classes': dict(per_class=[50.0] * 100)}.get(case, {}))
     (tmp_path / 'metrics.json').write_text(json.dumps(metrics))
-    argv = _inputs(run, ema=case != 'metrics_ema', metrics=str(tmp_path / 'metrics.json'))
+    argv = _inputs(run, ema=case != 'metrics_ema', metrics=str(tmp_path / 'metrics.json'), tag=None)
     argv += {'model_name': ['--model-name', 'resnet50_camc_lt'], 'tag_classes': ['--tag', 'cifar100_lt_r100'],
              'dataset_classes': ['--dataset', 'places_lt']}.get(case, [])
     if case == 'no_ema':
@@ -480,10 +497,10 @@ def test_checkpoint_metrics_or_arch_mismatch_is_refused(publisher, run, capsys, 
 
 def test_out_folder_config_card_and_local_dir_load(publisher, run, capsys, caplog, tmp_path):
     out = tmp_path / 'folder'
-    code, stdout, _ = _publish(publisher, capsys, caplog, *_inputs(run), '--out', str(out))
+    code, stdout, _ = _publish(publisher, capsys, caplog, *_inputs(run, tag=None), '--official', '--out', str(out))
     assert code == 0 and "status='published'" in stdout
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
-    sha = camc_hub.sha256_file(str(out / 'model.safetensors'))
+    sha = camc_pretrained.sha256_file(str(out / 'model.safetensors'))
 
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'resnet32_camc_lt' and config['num_classes'] == 10
@@ -503,7 +520,7 @@ def test_out_folder_config_card_and_local_dir_load(publisher, run, capsys, caplo
     assert {'image-classification', 'timm', 'long-tailed'} <= set(meta['tags'])
     results = {e.metric_config: e.metric_value for e in ModelCard(text).data.eval_results}
     assert results == dict(top1=71.23, top5=97.5, many=88.1, medium=70.2, few=55.5)
-    assert camc_hub.read_card_sha256(text) == sha
+    assert camc_pretrained.read_card_sha256(text) == sha
     assert "timm.create_model('hf-hub:timm-camc/resnet32_camc_lt.cifar10_lt_r100', pretrained=True)" in text
     assert 'python train.py -c configs/cifar10_lt_r100.yaml' in text and 'lr: 0.1' in text
     assert '| test | 10000 | 71.23 | 97.50 | 88.10 | 70.20 | 55.50 |' in text
@@ -512,7 +529,7 @@ def test_out_folder_config_card_and_local_dir_load(publisher, run, capsys, caplo
     assert LOCAL not in text and LOCAL not in (out / 'config.json').read_text()
     _no_token_in_files(out)
 
-    assert camc_hub.verify_weights(str(out)) == sha
+    assert camc_pretrained.verify_weights(str(out)) == sha
     model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(run['reference']['x']), run['reference']['ema'], rtol=0, atol=0)
@@ -522,7 +539,170 @@ def test_out_folder_config_card_and_local_dir_load(publisher, run, capsys, caplo
     code, _, log = _publish(publisher, capsys, caplog, *_inputs(run), '--out', str(tmp_path), '--force')
     assert code == 2 and 'other files than a Hub folder' in log and out.is_dir()  # --force never clears other files
     (out / 'model.safetensors').write_bytes(safetensors_bytes({k: v.contiguous() for k, v in run['raw'].items()}))
-    with pytest.raises(camc_hub.WeightsIntegrityError, match='sha256'):
-        camc_hub.verify_weights(f'local-dir:{out}')
-    with pytest.raises(camc_hub.WeightsIntegrityError):
+    with pytest.raises(camc_pretrained.WeightsIntegrityError, match='sha256'):
+        camc_pretrained.verify_weights(f'local-dir:{out}')
+    with pytest.raises(camc_pretrained.WeightsIntegrityError):
         timm.create_model(f'local-dir:{out}', pretrained=True)
+
+
+# ------------------------------------------------------------------------------------------ layering: no publisher
+
+def test_creating_a_model_loads_no_publishing_code():
+    script = r'''
+import json, sys, timm, timm_camc
+timm.create_model('resnet32_camc_lt')
+def loaded():
+    return sorted(m for m in sys.modules if m.startswith(('timm_camc', 'huggingface_hub.repocard')))
+before = loaded()
+import timm_camc.publish  # the control: the names looked for below are the ones publishing loads
+print(json.dumps(dict(before=before, after=loaded())))
+'''
+    result = _python(['-c', script], dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules = json.loads(result.stdout.strip().splitlines()[-1])
+    # huggingface_hub.repocard (ModelCard) is loaded by the card writer only; timm itself loads repocard_data
+    publishing = ('timm_camc.publish', 'timm_camc.publish.card', 'timm_camc.publish.export', 'huggingface_hub.repocard')
+    assert 'timm_camc.pretrained' in modules['before']
+    assert not {*publishing, 'timm_camc.hub'} & set(modules['before']), modules['before']
+    assert set(publishing) <= set(modules['after'])
+
+
+# ------------------------------------------------------------------------------------- loading: what is checked
+
+def test_unpublished_tag_fails_at_once_without_the_network(hub_here):
+    requests = len(hub_here.requests)
+    start = time.perf_counter()
+    with pytest.raises(camc_pretrained.WeightsNotPublishedError) as e:
+        timm.create_model('resnext50_camc_lt', pretrained=True)
+    assert time.perf_counter() - start < 5
+    assert len(hub_here.requests) == requests, 'a tag the registry lists as not published needs no request'
+    message = str(e.value)
+    assert '\n' not in message and 'resnext50_camc_lt.imagenet_lt are not published yet' in message
+    assert '`python train.py -c configs/imagenet_lt_resnext50.yaml --data-dir <DATA_DIR>`' in message
+    assert 'cache' not in message
+
+
+def test_hf_hub_loads_the_commit_it_checked(online):
+    assert online['results']['moving'] is True, online['results']['moving']
+    weights = [p for m, p in online['requests'] if m == 'GET' and p.startswith('/test-org/moving/')
+               and p.endswith('/model.safetensors')]
+    assert len(weights) == 1, 'the checked file is loaded; timm must not download the weights again by branch name'
+
+
+@pytest.fixture(scope='module')
+def exported(run, tmp_path_factory):
+    """A Hub folder of the run's EMA weights, written by the library as hub/publish.py --out --official does."""
+    from timm_camc.publish import (
+        build_trained_model, export_folder, load_trained_checkpoint, read_metrics, resolve_label)
+    folder = tmp_path_factory.mktemp('exported')
+    checkpoint = load_trained_checkpoint(run['checkpoint'], use_ema=True)
+    metrics = read_metrics(run['metrics'])
+    label = resolve_label(checkpoint, metrics, official=True, repo_root=str(REPO))
+    export_folder(build_trained_model(checkpoint, label.tag), checkpoint, metrics, str(folder), label=label,
+                  hub_id=label.record.hub_id)
+    return folder
+
+
+def _folder_copy(exported, tmp_path):
+    folder = tmp_path / 'folder'
+    shutil.copytree(exported, folder)
+    return folder
+
+
+def _pickle_of(state, path):
+    torch.save({k: v.clone() for k, v in state.items()}, path)
+
+
+def test_local_dir_pickle_put_in_place_of_the_weights_is_refused(exported, run, tmp_path, monkeypatch):
+    folder = _folder_copy(exported, tmp_path)
+    (folder / 'model.safetensors').unlink()
+    _pickle_of(run['raw'], folder / 'pytorch_model.bin')  # other weights, next to a config.json with a sha256
+    monkeypatch.delenv('TIMM_CAMC_ALLOW_PICKLE', raising=False)
+    with pytest.raises(camc_pretrained.UnsafeWeightsError, match='TIMM_CAMC_ALLOW_PICKLE=1'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    monkeypatch.setenv('TIMM_CAMC_ALLOW_PICKLE', '1')
+    with pytest.raises(camc_pretrained.WeightsIntegrityError, match='not for pytorch_model.bin'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_local_dir_pickle_with_its_own_recorded_digest_loads_when_allowed(exported, run, tmp_path, monkeypatch):
+    folder = _folder_copy(exported, tmp_path)
+    (folder / 'model.safetensors').unlink()
+    _pickle_of(run['ema'], folder / 'pytorch_model.bin')
+    config = json.loads((folder / 'config.json').read_text())
+    config['weights_sha256'] = {'pytorch_model.bin': camc_pretrained.sha256_file(str(folder / 'pytorch_model.bin'))}
+    (folder / 'config.json').write_text(json.dumps(config))
+    (folder / 'README.md').unlink()
+    monkeypatch.setenv('TIMM_CAMC_ALLOW_PICKLE', '1')
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(run['reference']['x']), run['reference']['ema'], rtol=0, atol=0)
+    _pickle_of(run['raw'], folder / 'pytorch_model.bin')  # changed after its digest was recorded
+    with pytest.raises(camc_pretrained.WeightsIntegrityError, match='sha256 of pytorch_model.bin'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_local_dir_without_a_recorded_digest_is_refused_unless_allowed(exported, run, tmp_path, monkeypatch, caplog):
+    folder = _folder_copy(exported, tmp_path)
+    config = json.loads((folder / 'config.json').read_text())
+    del config['weights_sha256']
+    (folder / 'config.json').write_text(json.dumps(config))
+    (folder / 'README.md').unlink()
+    (folder / 'model.safetensors').write_bytes(safetensors_bytes({k: v.contiguous() for k, v in run['raw'].items()}))
+    monkeypatch.delenv('TIMM_CAMC_ALLOW_UNVERIFIED', raising=False)
+    with pytest.raises(camc_pretrained.WeightsIntegrityError, match='TIMM_CAMC_ALLOW_UNVERIFIED=1') as e:
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert '\n' not in str(e.value)
+    monkeypatch.setenv('TIMM_CAMC_ALLOW_UNVERIFIED', '1')
+    timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert 'loading it unchecked' in caplog.text
+
+
+def test_local_dir_mismatch_names_the_file_not_a_cache(exported, run, tmp_path):
+    folder = _folder_copy(exported, tmp_path)
+    (folder / 'model.safetensors').write_bytes(safetensors_bytes({k: v.contiguous() for k, v in run['raw'].items()}))
+    with pytest.raises(camc_pretrained.WeightsIntegrityError) as e:
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    message = str(e.value)
+    assert 'sha256 of model.safetensors' in message and 'config.json records' in message and '\n' not in message
+    assert 'cache' not in message and 'download' not in message
+
+
+def test_eval_model_with_ema_asked_for_refuses_a_checkpoint_without_ema(run):
+    with pytest.raises(ValueError, match='has no EMA weights'):
+        create_eval_model('resnet32_camc_lt', str(run['dir'] / 'no_ema.pth.tar'), use_ema=True)
+    model, _ = create_eval_model('resnet32_camc_lt', run['checkpoint'], use_ema=True)
+    assert torch.equal(model.state_dict()['head.fc.weight'], run['ema']['head.fc.weight'])
+
+
+# ------------------------------------------------------------------------------------- labels: never mislabelled
+
+def test_a_users_run_is_labelled_from_its_own_options(publisher, run, capsys, caplog, tmp_path):
+    small = ['--checkpoint', str(run['dir'] / 'small.pth.tar'), '--metrics', str(run['dir'] / 'results_small.json')]
+    out = tmp_path / 'mine'
+    code, stdout, log = _publish(publisher, capsys, caplog, *small, '--ema', '--out', str(out))
+    assert code == 0, log
+    assert 'Wrote resnet32_camc_lt.custom' in stdout and 'PretrainedWeights(' not in stdout  # no registry record
+    text = (out / 'README.md').read_text()
+    meta = yaml.safe_load(text.split('---\n')[1])
+    assert meta['datasets'] == ['cifar10'] and meta['model-index'][0]['name'] == 'resnet32_camc_lt.custom'
+    for claim in ('CIFAR-10-LT', 'imbalance ratio 100', 'timm-camc/', 'python train.py'):
+        assert claim not in text, claim
+    assert "a user's own weights" in text and 'epochs: 4' in text and 'configs/cifar10_lt_r100.yaml' in text
+    assert '60 images, 6 to 6 per class' in text
+    assert json.loads((out / 'config.json').read_text())['pretrained_cfg']['tag'] == 'custom'
+
+
+@pytest.mark.parametrize('flags, match', [
+    (['--official'], "this run differs: lt_imbalance=0 (recipe: 100); epochs=4 (recipe: 200); tag cifar10_lt_r100 "
+                     "is for imbalance ratio 100, the run's class counts have ratio 1. Nothing was done."),
+    (['--tag', 'cifar10_lt_r100'], 'names the registry weights trained with -c configs/cifar10_lt_r100.yaml'),
+    (['--tag', 'mine_r100'], "tag mine_r100 is for imbalance ratio 100, the run's class counts have ratio 1"),
+    (['--dataset', 'cifar10_lt_r100'], '--dataset cifar10_lt_r100 is for imbalance ratio 100'),
+    (['--repo-id', 'timm-camc/resnet32_camc_lt.mine'], 'add --official'),
+])
+def test_a_label_the_run_contradicts_is_refused(publisher, run, capsys, caplog, tmp_path, flags, match):
+    small = ['--checkpoint', str(run['dir'] / 'small.pth.tar'), '--metrics', str(run['dir'] / 'results_small.json')]
+    code, stdout, log = _publish(publisher, capsys, caplog, *small, '--ema', *flags, '--out', str(tmp_path / 'out'))
+    assert code == 2 and match in log, log
+    assert not (tmp_path / 'out').exists()

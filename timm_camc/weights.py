@@ -3,7 +3,7 @@
 One typed record per planned or published weight (torchvision's ``Weights`` idea): where it lives on the Hugging Face
 Hub, what it was trained on, the recipe that trains it, its status, and once published its metrics and the sha256 of
 its ``model.safetensors``. The README model table (``markdown_model_table``), the model cards written by
-``hub/publish.py``, the pretrained loader (``timm_camc.hub``) and the tests all read these records.
+``hub/publish.py``, the pretrained loader (``timm_camc.pretrained``) and the tests all read these records.
 
 Every non-backbone tag of ``default_cfgs`` in ``timm_camc/models/camc_resnet.py`` has exactly one record here (a test
 checks both directions). No CAMC weights have been trained yet, so every record is ``'recipe only'``: the records

@@ -233,3 +233,12 @@ def test_missing_matplotlib_says_how_to_install_it(monkeypatch, tmp_path):
             viz.plot_per_class_accuracy(dict(per_class=[1.], class_counts=[1]), tmp_path / 'x.png')
     importlib.reload(viz)
     assert not (tmp_path / 'cams').exists()
+
+
+def test_legend_names_shot_and_class_groups_apart():
+    """The shot-based medium and the class-group medium keep distinct names in the plot legend."""
+    result = dict(top1=50., many_shot=70., medium_shot=40., few_shot=None,
+                  class_groups={'head': 80., 'medium': 45., 'tail': 20.})
+    assert viz._legend_label('CE', result) == (
+        'CE: top-1 50.0, many-shot 70.0, medium-shot 40.0, head classes 80.0, medium classes 45.0, tail classes 20.0')
+    assert viz._legend_label('CE', {}) == 'CE'

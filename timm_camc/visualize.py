@@ -552,9 +552,7 @@ def plot_per_class_accuracy(
     for i, (label, r) in enumerate(zip(labels, dicts)):
         acc = np.asarray([np.nan if a is None else a for a in r['per_class']], dtype=float)[order]
         color = f'C{i % 10}'
-        parts = [f'top-1 {r["top1"]:.1f}'] if r.get('top1') is not None else []
-        parts += [f'{k} {r[k]:.1f}' for k in ('many', 'medium', 'few') if r.get(k) is not None]
-        legend = f'{label}: ' + ', '.join(parts) if parts else label
+        legend = _legend_label(label, r)
         if many_classes:
             ax.scatter(x, acc, s=9, marker=_MARKERS[i % len(_MARKERS)], color=color, alpha=0.45, lw=0)
             handles.append(ax.plot(x, _running_mean(acc, max(5, num_classes // 25)), color=color, lw=1.8,
@@ -583,6 +581,16 @@ def plot_per_class_accuracy(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_file, dpi=dpi)
     return out_file
+
+
+def _legend_label(label: str, result: Mapping[str, Any]) -> str:
+    """``label: top-1 .., many-shot .., ..., head classes ..``: the shot groups (by training count) and the class
+    groups (``class_groups``) under their own names, so that the two mediums cannot be confused."""
+    parts = [f'top-1 {result["top1"]:.1f}'] if result.get('top1') is not None else []
+    parts += [f'{k.replace("_", "-")} {result[k]:.1f}' for k in ('many_shot', 'medium_shot', 'few_shot')
+              if result.get(k) is not None]
+    parts += [f'{k} classes {v:.1f}' for k, v in (result.get('class_groups') or {}).items() if v is not None]
+    return f'{label}: ' + ', '.join(parts) if parts else label
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -447,7 +447,8 @@ def main(argv=None):
         _logger.info(f'Output: {output_dir}')
 
     train_counts = lt_info.class_counts
-    metrics = LongTailMetrics(num_classes, train_counts=train_counts, class_groups=default_class_groups(num_classes))
+    metrics = LongTailMetrics(num_classes, train_counts=train_counts,
+                              class_groups=default_class_groups(num_classes, train_counts))
     eval_metrics, best_metric, best_epoch = None, None, None
     last_good = dict(path=args.resume, epoch=start_epoch - 1) if args.resume else None
     try:
@@ -529,9 +530,11 @@ def _format_metrics(epoch, m):
     parts = [f'Eval: epoch {epoch}', f'top1: {m["top1"]:.2f}']
     if m.get('top5') is not None:
         parts.append(f'top5: {m["top5"]:.2f}')
-    groups = {k: m.get(k) for k in ('many', 'medium', 'few')}
-    groups.update(m.get('class_groups') or {})
-    parts += [f'{k}: {v:.2f}' for k, v in groups.items() if v is not None]
+    parts += [f'{k.replace("_", "-")}: {m[k]:.2f}' for k in ('many_shot', 'medium_shot', 'few_shot')
+              if m.get(k) is not None]
+    classes = m.get('class_groups') or {}
+    if classes:
+        parts.append('classes ' + ' / '.join(f'{k} {v:.2f}' for k, v in classes.items() if v is not None))
     return '  '.join(parts)
 
 

@@ -708,7 +708,7 @@ class RunTrainer:
         """Top-1, per-class and class-group accuracy on the test images (``LongTailMetrics``)."""
         self.model.eval()
         metrics = LongTailMetrics(NUM_CLASSES, train_counts=self.data.class_counts,
-                                  class_groups=default_class_groups(NUM_CLASSES))
+                                  class_groups=default_class_groups(NUM_CLASSES, self.data.class_counts))
         with self._on_stream():
             for start in range(0, len(self.data.test_y), self.cfg.eval_batch_size):
                 x = normalize(self.data.test_x[start:start + self.cfg.eval_batch_size], self.mean, self.std,
@@ -860,8 +860,8 @@ def make_record(t: RunTrainer, metrics: Optional[Mapping[str, Any]], ctx: Mappin
         groups = metrics.get('class_groups') or {}
         rec.update(
             top1=metrics['top1'], top5=metrics['top5'], head=groups.get('head'), medium=groups.get('medium'),
-            tail=groups.get('tail'), many_shot=metrics.get('many'), medium_shot=metrics.get('medium'),
-            few_shot=metrics.get('few'), shot_group_sizes=metrics.get('group_sizes'),
+            tail=groups.get('tail'), many_shot=metrics.get('many_shot'), medium_shot=metrics.get('medium_shot'),
+            few_shot=metrics.get('few_shot'), shot_group_sizes=metrics.get('shot_group_sizes'),
             per_class=metrics['per_class'], test_samples=metrics['num_samples'])
     return rec
 

@@ -66,8 +66,8 @@ def test_train_checkpoint_resume_validate(cifar10_small, tmp_path):
     r = json.loads(results.read_text())
     assert r['num_samples'] == 200 and len(r['per_class']) == 10
     assert 0 <= r['top1'] <= 100 and r['top5'] >= r['top1']
-    assert r['group_sizes'] == {'many': 0, 'medium': 7, 'few': 3}  # training counts from the checkpoint
-    assert r['many'] is None and r['medium'] is not None and r['few'] is not None
+    assert r['shot_group_sizes'] == {'many_shot': 0, 'medium_shot': 7, 'few_shot': 3}  # counts from the checkpoint
+    assert r['many_shot'] is None and r['medium_shot'] is not None and r['few_shot'] is not None
     assert set(r['class_groups']) == {'head', 'medium', 'tail'}
     assert r['class_names'][0] == 'airplane'
     printed = json.loads(val.stdout.strip().splitlines()[-1])

@@ -706,3 +706,18 @@ def test_a_label_the_run_contradicts_is_refused(publisher, run, capsys, caplog, 
     code, stdout, log = _publish(publisher, capsys, caplog, *small, '--ema', *flags, '--out', str(tmp_path / 'out'))
     assert code == 2 and match in log, log
     assert not (tmp_path / 'out').exists()
+
+
+def test_backbone_tag_loads_timm_weights_through_the_loader(hub_here, tmp_path, caplog):
+    """``.tv_in1k``: timm's own repository (no recorded digest) through prepare_pretrained, backbone kept."""
+    import timm.models
+    plain = timm.create_model('resnet50')
+    hub_here.seed('timm/resnet50.tv_in1k', {
+        'model.safetensors': safetensors_bytes({k: v.contiguous() for k, v in plain.state_dict().items()}),
+        'config.json': json.dumps(dict(architecture='resnet50', num_classes=1000)).encode()})
+    model = timm.create_model('resnet50_camc_lt.tv_in1k', pretrained=True, num_classes=37, cache_dir=str(tmp_path))
+    state, source = model.state_dict(), plain.state_dict()
+    assert torch.equal(state['layer4.2.conv3.weight'], source['layer4.2.conv3.weight'])
+    assert torch.equal(state['conv1.weight'], source['conv1.weight']) and state['head.fc.weight'].shape == (37, 2048)
+    assert model.pretrained_cfg['file'].startswith(str(tmp_path))  # timm loaded the file that was checked
+    assert 'records no sha256' in caplog.text

@@ -31,7 +31,7 @@ import yaml
 import timm
 from timm.models import clean_state_dict, get_model_args, split_model_name_tag
 
-from ..utils import CAMC_MODEL_KWARGS, camc_model_kwargs, checkpoint_args, read_checkpoint
+from ..utils import CAMC_MODEL_KWARGS, camc_model_kwargs, checkpoint_args, is_camc_model, read_checkpoint
 from ..weights import DATASETS, Dataset, PretrainedWeights, find_weights
 
 __all__ = [
@@ -48,11 +48,6 @@ _DATA_CONFIG_ARGS = ('input_size', 'img_size', 'crop_pct', 'mean', 'std', 'inter
 # recipe options that do not change what is trained: a registry weight may differ from its recipe in these
 _RECIPE_BOOKKEEPING = frozenset(('log_interval', 'seed'))
 _TAG = re.compile(r'[a-z0-9][a-z0-9_]*')
-
-
-def camc_archs() -> List[str]:
-    """The registered CAMC architectures (timm files them under their module, ``camc_resnet``)."""
-    return timm.list_models(module='camc_resnet')
 
 
 @dataclass
@@ -110,8 +105,9 @@ def load_trained_checkpoint(path: str, use_ema: bool, model_name: Optional[str] 
         raise ValueError(f'{path} does not record its architecture: give --model-name')
     if trained_arch is not None and trained_arch != arch:
         raise ValueError(f'{path} was trained as {trained_arch}, not {arch}')
-    if arch not in camc_archs():
-        raise ValueError(f'{arch} is not a timm-camc model (one of {", ".join(camc_archs())})')
+    if not is_camc_model(arch):
+        known = ', '.join(m for m in timm.list_models() if is_camc_model(m))
+        raise ValueError(f'{arch} is not a timm-camc model (one of {known})')
 
     classifier = state_dict.get('head.fc.weight')
     if classifier is None:

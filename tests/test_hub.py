@@ -186,6 +186,7 @@ del os.environ['TIMM_CAMC_ALLOW_PICKLE']
 attempt('tampered', lambda: timm.create_model(f'hf-hub:{spec["tampered"]}', pretrained=True) and 'loaded')
 attempt('tampered_verify', lambda: verify_weights(spec['tampered']))
 attempt('moving', lambda: same(timm.create_model(f'hf-hub:{spec["moving"]}', pretrained=True)))
+attempt('moving_config', lambda: same(timm.create_model(f'hf-hub:{spec["moving_config"]}', pretrained=True)))
 print(json.dumps(out))
 '''
 
@@ -218,9 +219,13 @@ def online(hub, run, published, tmp_path_factory):
     raw_config['weights_sha256'] = {'model.safetensors': _sha256(raw)}
     hub.swap_after_download('test-org/moving', 'model.safetensors',
                             {'model.safetensors': raw, 'config.json': json.dumps(raw_config).encode()})
+    # ... and one whose branch moves right after timm read config.json (the model is built from the old commit)
+    hub.seed('test-org/moving-config', {k: v for k, v in hub.files(REPO_ID).items() if k != '.gitattributes'})
+    hub.swap_after_download('test-org/moving-config', 'config.json',
+                            {'model.safetensors': raw, 'config.json': json.dumps(raw_config).encode()})
     home = tmp_path_factory.mktemp('client_home')
     spec = dict(reference=str(run['dir'] / 'reference.pt'), repo=REPO_ID, pickle='test-org/pickle-only',
-                tampered='test-org/tampered', moving='test-org/moving')
+                tampered='test-org/tampered', moving='test-org/moving', moving_config='test-org/moving-config')
     requests = len(hub.requests)
     result = _python(['-c', _ONLINE_CLIENT, json.dumps(spec)], _env(hub, home))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -584,6 +589,8 @@ def test_unpublished_tag_fails_at_once_without_the_network(hub_here):
 
 def test_hf_hub_loads_the_commit_it_checked(online):
     assert online['results']['moving'] is True, online['results']['moving']
+    # weights, their record and the config the model was built from all come from one commit
+    assert online['results']['moving_config'] is True, online['results']['moving_config']
     weights = [p for m, p in online['requests'] if m == 'GET' and p.startswith('/test-org/moving/')
                and p.endswith('/model.safetensors')]
     assert len(weights) == 1, 'the checked file is loaded; timm must not download the weights again by branch name'

@@ -16,8 +16,9 @@ The rules:
     * A ``local-dir:`` folder must record the digest of its weights: one that records none is refused, unless
       ``TIMM_CAMC_ALLOW_UNVERIFIED=1`` (then it loads with a warning). A Hub repository that records none loads with a
       warning (third-party timm repositories record none; the download itself is what the repository holds).
-    * Hub weights are downloaded once, and ``config.json`` is read at the commit those weights came from: a push to
-      the branch in between cannot swap the file that is checked or the one that is loaded.
+    * Hub weights are downloaded once, and everything is read at one commit: for ``hf-hub:`` ids the commit of the
+      ``config.json`` timm built the model from, for tags the commit the weights came from. A push to the branch in
+      between cannot swap the file that is checked, the one that is loaded, or the config the model was built from.
     * A tag that ``timm_camc.weights`` lists as not published fails at once, without touching the network, naming
       the command that trains it.
 
@@ -33,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from huggingface_hub import file_exists, hf_hub_download
+from huggingface_hub import file_exists, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
 )
@@ -281,6 +282,10 @@ def _prepare_hub(cfg: Mapping[str, Any], variant: str, cache_dir: Optional[str])
     filename = cfg.get('hf_hub_filename') or WEIGHTS_FILE
     if not filename.endswith('.safetensors'):
         _require_pickle_opt_in(name, repo_id, filename)
+    if cfg.get('source') == 'hf-hub':
+        # timm has just built the model from the repository's config.json: take the weights from that same commit
+        built_from = try_to_load_from_cache(repo_id, CONFIG_FILE, cache_dir=cache_dir, revision=revision)
+        revision = (_snapshot_commit(built_from) if isinstance(built_from, str) else None) or revision
     path, filename = _download_weights(name, repo_id, revision, filename, record, cache_dir)
 
     # the record is read at the commit the weights came from, not at the branch (which may have moved since)

@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-""" Evaluate a model on a (balanced) test set: top-1/5, many / medium / few-shot and per-class accuracy
+""" Evaluate a model on a (balanced) test set: top-1/5, many- / medium- / few-shot and per-class accuracy
 
     python validate.py --model resnet32_camc_lt --checkpoint output/train/run/last.pth.tar \\
         --data-dir data/cifar10-jpeg --split test
     python validate.py --model hf-hub:timm-camc/resnet32_camc_lt.cifar10_lt_r100 --data-dir ... --split test
     python validate.py --model local-dir:path/to/published --data-dir ... --val-list val.txt --train-counts counts.json
 
-The training class counts (for the many / medium / few groups: > 100, 20-100, < 20 training images) come from the
-checkpoint written by train.py, or from ``--train-counts`` (a JSON list, a JSON object with ``class_counts`` such
-as ``lt_subset.json``, or one count per line). Results are printed and written as JSON (and a CSV row).
+The training class counts (for the shot groups ``many_shot`` / ``medium_shot`` / ``few_shot``: > 100, 20-100, < 20
+training images) come from the checkpoint written by train.py, or from ``--train-counts`` (a JSON list, a JSON object
+with ``class_counts`` such as ``lt_subset.json``, or one count per line). A long-tailed 10-class set such as
+CIFAR-10-LT also gets the class groups ``head`` / ``medium`` / ``tail`` (3 / 4 / 3 classes by training count),
+reported under ``class_groups`` (``head_classes`` ... in the printed line and the CSV). Results are printed and
+written as JSON (and a CSV row).
+
+Distributed (``torchrun``), each rank evaluates its own share of the samples and every sample is counted once
+(timm's distributed eval sampler would pad the ranks with repeated samples).
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
@@ -17,6 +23,7 @@ import csv
 import json
 import logging
 import os
+import re
 import sys
 from contextlib import suppress
 from functools import partial
@@ -82,14 +89,70 @@ def load_train_counts(path: str):
     return data
 
 
+class RankShard(torch.utils.data.Dataset):
+    """The samples ``rank, rank + world_size, ...`` of a dataset: every sample on exactly one rank, none repeated.
+
+    timm's distributed eval sampler pads the ranks to equal length with repeated samples, which the metrics would
+    count twice. Evaluation needs no equal lengths (the model is not wrapped in DDP; the counts are summed once at the
+    end), so each rank takes its share as it is. ``transform`` reads and sets the wrapped dataset's, so timm's
+    ``create_loader`` configures it as usual.
+    """
+
+    def __init__(self, dataset, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank {rank} is not in [0, {world_size})')
+        self.dataset = dataset
+        self.indices = range(rank, len(dataset), world_size)
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, transform):
+        self.dataset.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+
+def summarize_load_error(message: str, shown: int = 3) -> str:
+    """One line for a ``load_state_dict`` error: the count of mismatched, missing and unexpected tensors and the
+    first ``shown`` of each, instead of one line per tensor."""
+    head, _, body = message.partition('Error(s) in loading state_dict')
+    if not body:
+        lines = message.strip().splitlines()
+        return lines[0] + (f' (... {len(lines) - 1} more lines)' if len(lines) > 1 else '')
+    parts = []
+    sizes = re.findall(r'size mismatch for ([^:\s]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) from '
+                       r'checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))', body)
+    if sizes:
+        first = ', '.join(f'{k} (checkpoint {a}, model {b})' for k, a, b in sizes[:shown])
+        parts.append(f'{len(sizes)} tensor(s) of another shape: size mismatch for {first}'
+                     + (', ...' if len(sizes) > shown else ''))
+    for label, what in (('Missing key(s)', 'missing from the checkpoint'), ('Unexpected key(s)', 'not in the model')):
+        match = re.search(re.escape(label) + r' in state_dict: (.*?)\.\s*(?:\n|$)', body)
+        keys = re.findall(r'"([^"]+)"', match.group(1)) if match else []
+        if keys:
+            parts.append(f'{len(keys)} {what}: {", ".join(keys[:shown])}' + (', ...' if len(keys) > shown else ''))
+    return head.strip().rstrip(':') + ': ' + '; '.join(parts or [body.strip().splitlines()[0]])
+
+
 def main(argv=None):
     setup_default_logging()
     args = parser.parse_args(argv)
     device = init_distributed_device(args)
 
     model_name = args.model
-    model, ckpt_args = create_eval_model(
-        model_name, args.checkpoint, num_classes=args.num_classes, use_ema=args.use_ema, pretrained=args.pretrained)
+    try:
+        model, ckpt_args = create_eval_model(
+            model_name, args.checkpoint, num_classes=args.num_classes, use_ema=args.use_ema,
+            pretrained=args.pretrained)
+    except (RuntimeError, ValueError) as e:  # an unreadable or non-fitting checkpoint: one line, not a traceback
+        raise ValueError(summarize_load_error(str(e))) from None
     if ckpt_args.get('model') and ckpt_args['model'] != model_name and ':' not in model_name:
         _logger.warning(f'Checkpoint was trained as {ckpt_args["model"]}, evaluating it as {model_name}')
     if args.tau_norm is not None:
@@ -107,7 +170,8 @@ def main(argv=None):
     if counts is None:
         if args.plot:
             raise ValueError('--plot needs the training class counts: pass --train-counts FILE')
-        _logger.warning('No training class counts (checkpoint or --train-counts): no many / medium / few groups')
+        _logger.warning('No training class counts (checkpoint or --train-counts): no many- / medium- / few-shot '
+                        'groups')
 
     if args.dataset:
         dataset = timm.data.create_dataset(args.dataset, root=args.data_dir, split=args.split,
@@ -119,15 +183,18 @@ def main(argv=None):
         class_to_idx = {n: i for i, n in enumerate(class_names)} if class_names else None
         dataset = ImageListDataset.from_folder(os.path.join(args.data_dir, args.split), class_to_idx=class_to_idx)
     data_config = resolve_data_config(vars(args), model=model)
+    eval_dataset, shard_loader = dataset, False
+    if args.distributed and not isinstance(dataset, torch.utils.data.IterableDataset):
+        eval_dataset, shard_loader = RankShard(dataset, args.rank, args.world_size), True
     loader = create_loader(
-        dataset, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=False,
+        eval_dataset, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=False,
         interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
         num_workers=args.workers, crop_pct=data_config['crop_pct'], device=device,
-        use_prefetcher=not args.no_prefetcher, distributed=args.distributed)
+        use_prefetcher=not args.no_prefetcher, distributed=args.distributed and not shard_loader)
 
     metrics = LongTailMetrics(
         num_classes, train_counts=counts, many_thresh=args.many_thresh, few_thresh=args.few_thresh,
-        class_groups=default_class_groups(num_classes))
+        class_groups=default_class_groups(num_classes, counts), device=device)
     amp_autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if args.amp else suppress
     result = evaluate(model, loader, metrics, device, amp_autocast=amp_autocast, channels_last=args.channels_last,
                       log_interval=args.log_interval)
@@ -137,7 +204,7 @@ def main(argv=None):
     if args.rank != 0:
         return 0
 
-    summary = {k: result.get(k) for k in ('top1', 'top5', 'many', 'medium', 'few')}
+    summary = {k: result.get(k) for k in ('top1', 'top5', *LongTailMetrics.shot_group_names)}
     summary.update({f'{k}_classes': v for k, v in (result.get('class_groups') or {}).items()})
     print(json.dumps(dict(model=model_name, **{k: round(v, 2) for k, v in summary.items() if v is not None})))
     results_file = args.results_file or 'results.json'

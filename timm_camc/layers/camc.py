@@ -76,8 +76,8 @@ def check_class_indices(labels: torch.Tensor, num_classes: int, what: str = 'lab
     """Checks that integer class indices lie in [0, num_classes) without a host sync on an accelerator.
 
     On the CPU a ``ValueError`` lists the bad values. On an accelerator (and the meta device), and while compiling or
-    capturing a CUDA graph, the check runs on the device (``torch._assert_async``): reading the result on the host would stall the
-    stream once per call, so a bad label fails the next synchronising call instead, with this message.
+    capturing a CUDA graph, the check runs on the device (``torch._assert_async``): reading the result on the host
+    would stall the stream once per call, so a bad label fails the next synchronising call instead, with this message.
     """
     if labels.device.type != 'cpu' or torch.compiler.is_compiling():
         torch._assert_async(((labels >= 0) & (labels < num_classes)).all(),

@@ -728,3 +728,16 @@ def test_backbone_tag_loads_timm_weights_through_the_loader(hub_here, tmp_path, 
     assert torch.equal(state['conv1.weight'], source['conv1.weight']) and state['head.fc.weight'].shape == (37, 2048)
     assert model.pretrained_cfg['file'].startswith(str(tmp_path))  # timm loaded the file that was checked
     assert 'records no sha256' in caplog.text
+
+
+def test_published_registry_digest_is_enforced_for_tags_and_hf_hub_ids(hub_here, exported, tmp_path, monkeypatch):
+    repo = 'test-org/registry-published'
+    hub_here.seed(repo, {p.name: p.read_bytes() for p in exported.iterdir()})
+    record = PretrainedWeights(
+        arch='resnet32_camc_lt', tag='cifar10_lt_r100', hub_id=repo, dataset='cifar10_lt_r100', num_classes=10,
+        recipe='configs/cifar10_lt_r100.yaml', status='published', sha256='0' * 64,
+        metrics=dict(top1=71.23, many=88.1, medium=70.2, few=55.5))
+    monkeypatch.setitem(WEIGHTS, record.name, record)  # the registry disagrees with the repository's own record
+    for name, kwargs in [(f'hf-hub:{repo}', {}), (record.name, dict(pretrained_cfg_overlay=dict(hf_hub_id=repo)))]:
+        with pytest.raises(camc_pretrained.WeightsIntegrityError, match='timm_camc.weights records 0000'):
+            timm.create_model(name, pretrained=True, cache_dir=str(tmp_path), **kwargs)

@@ -282,14 +282,15 @@ def _prepare_hub(cfg: Mapping[str, Any], variant: str, cache_dir: Optional[str])
     filename = cfg.get('hf_hub_filename') or WEIGHTS_FILE
     if not filename.endswith('.safetensors'):
         _require_pickle_opt_in(name, repo_id, filename)
+    at = revision
     if cfg.get('source') == 'hf-hub':
         # timm has just built the model from the repository's config.json: take the weights from that same commit
         built_from = try_to_load_from_cache(repo_id, CONFIG_FILE, cache_dir=cache_dir, revision=revision)
-        revision = (_snapshot_commit(built_from) if isinstance(built_from, str) else None) or revision
-    path, filename = _download_weights(name, repo_id, revision, filename, record, cache_dir)
+        at = (_snapshot_commit(built_from) if isinstance(built_from, str) else None) or revision
+    path, filename = _download_weights(name, repo_id, at, filename, record, cache_dir)
 
     # the record is read at the commit the weights came from, not at the branch (which may have moved since)
-    config = _try_download(repo_id, CONFIG_FILE, _snapshot_commit(path) or revision, cache_dir)
+    config = _try_download(repo_id, CONFIG_FILE, _snapshot_commit(path) or at, cache_dir)
     recorded = {f'{repo_id}/{CONFIG_FILE}': digest for digest in [_config_digests(config).get(filename)] if digest}
     if record is not None and record.published and revision is None and filename == WEIGHTS_FILE:
         recorded['timm_camc.weights'] = record.sha256

@@ -132,8 +132,10 @@ class LongTailMetrics:
     * with ``train_counts``, the shot groups: ``many_shot`` (> ``many_thresh`` training images), ``medium_shot``
       (``few_thresh`` to ``many_thresh`` inclusive) and ``few_shot`` (< ``few_thresh``) accuracies (None for an
       empty group), ``shot_group_sizes`` (classes per group, same three keys), ``many_thresh`` and ``few_thresh``,
-    * with ``class_groups``: ``class_groups`` (name -> accuracy) and ``class_group_sizes`` (name -> classes),
-    * with ``confusion=True``: ``confusion_matrix``, K x K nested lists (rows = true class).
+    * with ``class_groups``: ``class_groups`` (name -> accuracy) and ``class_group_sizes`` (name -> classes).
+
+    The confusion matrix (``confusion=True``) is a tensor from ``confusion_matrix()``, not part of this dict: as
+    nested lists it would cost gigabytes at large K.
 
     Group accuracies are means of per-class accuracies over the group's classes that have test samples.
     """
@@ -200,7 +202,8 @@ class LongTailMetrics:
         self.confmat: Optional[torch.Tensor] = None
         if self.confusion:
             self.confmat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
-        self._synced: Optional[torch.Tensor] = None  # _counts (and the flat confmat) summed over ranks
+        self._synced: Optional[torch.Tensor] = None  # _counts summed over ranks
+        self._synced_confmat: Optional[torch.Tensor] = None
 
     @property
     def correct(self) -> torch.Tensor:
@@ -244,7 +247,7 @@ class LongTailMetrics:
             self._counts[-1:] += (top5 == targets.unsqueeze(1)).any(dim=1).sum()
         if self.confmat is not None:
             _add_confusion(self.confmat, preds, targets)
-        self._synced = None
+        self._synced = self._synced_confmat = None
 
     def sync(self, group: Optional[dist.ProcessGroup] = None) -> None:
         """Sums the counts over the ranks of ``group`` (all ranks must call it); no-op without distributed.
@@ -254,19 +257,17 @@ class LongTailMetrics:
         """
         if not (dist.is_available() and dist.is_initialized()):
             return
-        state = self._counts if self.confmat is None else torch.cat([self._counts, self.confmat.flatten()])
-        state = state.clone()
-        if dist.get_backend(group) == dist.Backend.NCCL and state.device.type != 'cuda':
-            state = state.to(torch.device('cuda', torch.cuda.current_device()))
-        dist.all_reduce(state, op=dist.ReduceOp.SUM, group=group)
-        self._synced = state
+        nccl = dist.get_backend(group) == dist.Backend.NCCL
 
-    def _state(self) -> torch.Tensor:
-        """The (synced when ``sync()`` was called) counts, and the flat confusion matrix with ``confusion=True``."""
-        if self._synced is not None:
-            return self._synced.cpu()
-        state = self._counts if self.confmat is None else torch.cat([self._counts, self.confmat.flatten()])
-        return state.cpu()
+        def reduced(local: torch.Tensor) -> torch.Tensor:
+            state = local.clone()
+            if nccl and state.device.type != 'cuda':
+                state = state.to(torch.device('cuda', torch.cuda.current_device()))
+            dist.all_reduce(state, op=dist.ReduceOp.SUM, group=group)
+            return state
+
+        self._synced = reduced(self._counts)
+        self._synced_confmat = reduced(self.confmat) if self.confmat is not None else None
 
     def confusion_matrix(self) -> torch.Tensor:
         """The K x K confusion matrix (rows = true class; synced when ``sync()`` was called), on the CPU.
@@ -274,13 +275,13 @@ class LongTailMetrics:
         Raises:
             RuntimeError: The metrics were created without ``confusion=True``.
         """
-        if not self.confusion:
+        if self.confmat is None:
             raise RuntimeError('LongTailMetrics(confusion=True) accumulates the confusion matrix; this one does not')
-        return self._state()[2 * self.num_classes + 1:].reshape(self.num_classes, self.num_classes)
+        return (self.confmat if self._synced_confmat is None else self._synced_confmat).cpu()
 
     def compute(self) -> Dict[str, object]:
         """The metrics (after ``sync()`` when distributed); see the class docstring for the keys."""
-        state = self._state()
+        state = (self._counts if self._synced is None else self._synced).cpu()
         K = self.num_classes
         correct, support, top5_hits = state[:K], state[K:2 * K], int(state[2 * K])
         num_samples = int(support.sum())
@@ -299,6 +300,4 @@ class LongTailMetrics:
         if self.class_groups is not None:
             out['class_groups'] = accuracy_by_group(per_class, self.class_groups)
             out['class_group_sizes'] = {name: len(idx) for name, idx in self.class_groups.items()}
-        if self.confusion:
-            out['confusion_matrix'] = state[2 * K + 1:].reshape(K, K).tolist()
         return out

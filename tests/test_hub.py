@@ -59,8 +59,9 @@ def _model(state):
 
 def _metrics(**kwargs):
     metrics = dict(
-        top1=71.23, top5=97.5, per_class=[71.0] * 10, num_samples=10000, many=88.1, medium=70.2, few=55.5,
-        group_sizes=dict(many=7, medium=3, few=0), many_thresh=100, few_thresh=20, loss=1.1,
+        top1=71.23, top5=97.5, per_class=[71.0] * 10, num_samples=10000, many_shot=88.1, medium_shot=70.2,
+        few_shot=55.5, shot_group_sizes=dict(many_shot=7, medium_shot=3, few_shot=0), many_thresh=100, few_thresh=20,
+        loss=1.1,
         class_groups=dict(head=90.0, medium=70.0, tail=50.0), model='resnet32_camc_lt', checkpoint='last.pth.tar',
         use_ema=True, data_dir=f'{LOCAL}/cifar10', split='test', class_counts=COUNTS, class_names=CLASSES)
     metrics.update(kwargs)
@@ -92,7 +93,8 @@ def run(tmp_path_factory):
     # a user's own small run, configured from the registry recipe: balanced 6 images per class, 4 epochs
     small = dict(options, lt_imbalance=0, epochs=4, class_counts=[6] * 10)
     torch.save(dict(checkpoint, args=argparse.Namespace(**small)), d / 'small.pth.tar')
-    (d / 'results_small.json').write_text(json.dumps(_metrics(class_counts=[6] * 10, num_samples=20, checkpoint='small.pth.tar')))
+    small_metrics = _metrics(class_counts=[6] * 10, num_samples=20, checkpoint='small.pth.tar')
+    (d / 'results_small.json').write_text(json.dumps(small_metrics))
     (d / 'results_raw.json').write_text(json.dumps(_metrics(use_ema=False, top1=70.5)))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -467,11 +469,11 @@ def test_bad_repo_id(publisher, hub_here, run, capsys, caplog, repo_id):
 
 def test_metrics_missing_fields_are_named(publisher, run, capsys, caplog, tmp_path):
     metrics = _metrics()
-    del metrics['top5'], metrics['few'], metrics['group_sizes']
+    del metrics['top5'], metrics['few_shot'], metrics['shot_group_sizes']
     (tmp_path / 'partial.json').write_text(json.dumps(metrics))
     code, _, log = _publish(publisher, capsys, caplog, *_inputs(run, metrics=str(tmp_path / 'partial.json')),
                             '--out', str(tmp_path / 'out'))
-    assert code == 2 and 'missing required fields: top5, few, group_sizes' in log
+    assert code == 2 and 'missing required fields: top5, few_shot, shot_group_sizes' in log
     assert not (tmp_path / 'out').exists()
 
 
@@ -524,7 +526,7 @@ def test_out_folder_config_card_and_local_dir_load(publisher, run, capsys, caplo
     assert meta['pipeline_tag'] == 'image-classification' and meta['datasets'] == ['cifar10-lt']
     assert {'image-classification', 'timm', 'long-tailed'} <= set(meta['tags'])
     results = {e.metric_config: e.metric_value for e in ModelCard(text).data.eval_results}
-    assert results == dict(top1=71.23, top5=97.5, many=88.1, medium=70.2, few=55.5)
+    assert results == dict(top1=71.23, top5=97.5, many_shot=88.1, medium_shot=70.2, few_shot=55.5)
     assert camc_pretrained.read_card_sha256(text) == sha
     assert "timm.create_model('hf-hub:timm-camc/resnet32_camc_lt.cifar10_lt_r100', pretrained=True)" in text
     assert 'python train.py -c configs/cifar10_lt_r100.yaml' in text and 'lr: 0.1' in text

@@ -17,7 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..pretrained import CONFIG_FILE, WEIGHTS_FILE, card_sha256_line
 from ..weights import format_accuracy
-from .records import Label, TrainedCheckpoint, camc_head_kwargs, imbalance_ratio
+from .records import SHOT_GROUPS, Label, TrainedCheckpoint, camc_head_kwargs, imbalance_ratio
 
 __all__ = ['model_card']
 
@@ -28,8 +28,8 @@ _LOCAL_ARGS = frozenset((
     'distributed', 'log_interval', 'checkpoint_hist', 'class_names', 'class_counts',
 ))
 _CARD_METRICS = (
-    ('top1', 'Top-1 accuracy'), ('top5', 'Top-5 accuracy'), ('many', 'Many-shot accuracy'),
-    ('medium', 'Medium-shot accuracy'), ('few', 'Few-shot accuracy'),
+    ('top1', 'Top-1 accuracy'), ('top5', 'Top-5 accuracy'), ('many_shot', 'Many-shot accuracy'),
+    ('medium_shot', 'Medium-shot accuracy'), ('few_shot', 'Few-shot accuracy'),
 )
 _SECRET_LIKE = re.compile(r'\bhf_[A-Za-z0-9]{20,}\b')
 _CITATION = """@article{zhang2021camc,
@@ -89,7 +89,7 @@ against this card as well.
 | split | images | top-1 | top-5 | many-shot | medium-shot | few-shot |
 |---|---:|---:|---:|---:|---:|---:|
 | {{ split }} | {{ num_samples }} | {{ accuracy | join(' | ') }} |
-| classes | {{ num_classes }} | | | {{ sizes.many }} | {{ sizes.medium }} | {{ sizes.few }} |
+| classes | {{ num_classes }} | | | {{ sizes.many_shot }} | {{ sizes.medium_shot }} | {{ sizes.few_shot }} |
 {% if class_groups %}
 Accuracy by class group: {{ class_groups }}.
 {% endif %}
@@ -192,7 +192,7 @@ def model_card(
                         f'{imbalance_ratio(args):.0f})')
     epoch = '' if checkpoint.epoch is None else f', after epoch {checkpoint.epoch} (0-based)'
     weights = 'exponential moving average (EMA) of the weights' if checkpoint.use_ema else 'raw (non-EMA) weights'
-    sizes = metrics.get('group_sizes') or {}
+    sizes = metrics.get('shot_group_sizes') or {}
     groups = metrics.get('class_groups')
     return ModelCard.from_template(
         card_data,
@@ -213,8 +213,8 @@ def model_card(
         num_samples=metrics['num_samples'],
         many_thresh=metrics.get('many_thresh', 100),
         few_thresh=metrics.get('few_thresh', 20),
-        accuracy=[format_accuracy(metrics[k]) for k in ('top1', 'top5', 'many', 'medium', 'few')],
-        sizes={k: sizes.get(k, '-') for k in ('many', 'medium', 'few')},
+        accuracy=[format_accuracy(metrics[k]) for k in ('top1', 'top5', *SHOT_GROUPS)],
+        sizes={k: sizes.get(k, '-') for k in SHOT_GROUPS},
         class_groups=', '.join(f'{k} {format_accuracy(v)}' for k, v in groups.items()) if groups else None,
         command=label.record.train_command() if label.official else None,
         recipe=label.recipe,

@@ -26,6 +26,9 @@ from ..weights import METRIC_KEYS, PretrainedWeights
 from .card import model_card
 from .records import Label, TrainedCheckpoint, camc_head_kwargs, training_data_config
 
+# timm_camc.weights metric key (the README table's columns) -> validate.py results key
+_REGISTRY_METRICS = dict(top1='top1', many='many_shot', medium='medium_shot', few='few_shot')
+
 __all__ = ['Export', 'WeightsExistError', 'export_folder', 'push_folder', 'validate_repo_id']
 
 _logger = logging.getLogger(__name__)
@@ -106,7 +109,8 @@ def export_folder(
             arch=checkpoint.arch, tag=label.tag, hub_id=hub_id, dataset=known.dataset,
             num_classes=checkpoint.num_classes, recipe=known.recipe, recipe_args=known.recipe_args,
             status='published', sha256=sha256,
-            metrics={k: None if metrics[k] is None else round(float(metrics[k]), 2) for k in METRIC_KEYS})
+            metrics={k: None if metrics[m] is None else round(float(metrics[m]), 2)
+                     for k, m in ((k, _REGISTRY_METRICS[k]) for k in METRIC_KEYS)})
     return Export(folder=str(out), name=name, sha256=sha256, record=record)
 
 

@@ -35,15 +35,17 @@ from ..utils import CAMC_MODEL_KWARGS, camc_model_kwargs, checkpoint_args, is_ca
 from ..weights import DATASETS, Dataset, PretrainedWeights, find_weights
 
 __all__ = [
-    'REQUIRED_METRICS', 'USER_TAG', 'Label', 'TrainedCheckpoint', 'build_trained_model', 'camc_head_kwargs',
-    'check_metrics', 'load_trained_checkpoint', 'read_metrics', 'resolve_label', 'training_data_config',
+    'REQUIRED_METRICS', 'SHOT_GROUPS', 'USER_TAG', 'Label', 'TrainedCheckpoint', 'build_trained_model',
+    'camc_head_kwargs', 'check_metrics', 'load_trained_checkpoint', 'read_metrics', 'resolve_label',
+    'training_data_config',
 ]
 
 _logger = logging.getLogger(__name__)
 
 USER_TAG = 'custom'  # the tag of a user's own weights when none is given
-# validate.py results: the fields a model card is made from
-REQUIRED_METRICS = ('model', 'top1', 'top5', 'many', 'medium', 'few', 'per_class', 'num_samples', 'group_sizes')
+# validate.py results (timm_camc.metrics.LongTailMetrics.compute with training counts): what a model card is made from
+SHOT_GROUPS = ('many_shot', 'medium_shot', 'few_shot')
+REQUIRED_METRICS = ('model', 'top1', 'top5', *SHOT_GROUPS, 'per_class', 'num_samples', 'shot_group_sizes')
 _DATA_CONFIG_ARGS = ('input_size', 'img_size', 'crop_pct', 'mean', 'std', 'interpolation')
 # recipe options that do not change what is trained: a registry weight may differ from its recipe in these
 _RECIPE_BOOKKEEPING = frozenset(('log_interval', 'seed'))
@@ -144,11 +146,11 @@ def read_metrics(path: str) -> Dict[str, Any]:
     for key in ('top1', 'top5'):
         if not _is_percent(metrics[key]):
             raise ValueError(f'Metrics file {path}: {key}={metrics[key]!r} is not an accuracy in percent')
-    for key in ('many', 'medium', 'few'):
+    for key in SHOT_GROUPS:
         if metrics[key] is not None and not _is_percent(metrics[key]):
             raise ValueError(f'Metrics file {path}: {key}={metrics[key]!r} is not an accuracy in percent or null')
-    if not isinstance(metrics['per_class'], list) or not isinstance(metrics['group_sizes'], dict):
-        raise ValueError(f'Metrics file {path}: per_class must be a list and group_sizes an object')
+    if not isinstance(metrics['per_class'], list) or not isinstance(metrics['shot_group_sizes'], dict):
+        raise ValueError(f'Metrics file {path}: per_class must be a list and shot_group_sizes an object')
     return metrics
 
 

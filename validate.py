@@ -50,6 +50,9 @@ parser.add_argument('--pretrained', action='store_true', help='load the pretrain
 parser.add_argument('--data-dir', metavar='DIR', default='', help='dataset root')
 parser.add_argument('--dataset', default='', metavar='NAME', help="timm dataset source such as torch/cifar10")
 parser.add_argument('--split', default='validation', metavar='NAME', help='split (folder) to evaluate')
+parser.add_argument('--allow-empty-classes', action='store_true',
+                    help='score a folder with empty class folders or classes the model does not know (otherwise an '
+                         'error names them)')
 parser.add_argument('--val-list', default='', metavar='FILE', help='list file (relative/path label) under --data-dir')
 parser.add_argument('--dataset-download', action='store_true', help='download a torch/* dataset')
 parser.add_argument('--num-classes', type=int, default=None, help='classes (default: checkpoint / model)')
@@ -181,7 +184,8 @@ def main(argv=None):
     else:
         class_names = ckpt_args.get('class_names')
         class_to_idx = {n: i for i, n in enumerate(class_names)} if class_names else None
-        dataset = ImageListDataset.from_folder(os.path.join(args.data_dir, args.split), class_to_idx=class_to_idx)
+        dataset = ImageListDataset.from_folder(os.path.join(args.data_dir, args.split), class_to_idx=class_to_idx,
+                                               allow_empty_classes=args.allow_empty_classes)
     data_config = resolve_data_config(vars(args), model=model)
     eval_dataset, shard_loader = dataset, False
     if args.distributed and not isinstance(dataset, torch.utils.data.IterableDataset):

@@ -41,7 +41,7 @@ def test_train_checkpoint_resume_validate(cifar10_small, tmp_path):
     run = tmp_path / 'cb'
     first = _run(*_train_args(cifar10_small, tmp_path, 'cb', '--epochs', '2', '--sampler', 'class_balanced'))
     assert first.returncode == 0, first.stderr[-3000:]
-    assert 'Validate with: python validate.py' in first.stderr
+    assert f'Validate with: {sys.executable} validate.py' in first.stderr  # runnable as printed: the venv's python
     for name in ('args.yaml', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar', 'lt_train.txt', 'results.json'):
         assert (run / name).is_file(), name
     assert _summary_epochs(run) == [0, 1]
@@ -76,7 +76,7 @@ def test_train_checkpoint_resume_validate(cifar10_small, tmp_path):
     # the same weights as a bare safetensors file: counts from --train-counts (the run's lt_subset.json)
     from safetensors.torch import save_file
     weights = tmp_path / 'weights.safetensors'
-    save_file(_state(run / 'last.pth.tar'), str(weights))
+    save_file({k: v.contiguous() for k, v in _state(run / 'last.pth.tar').items()}, str(weights))  # channels_last run
     val2 = _run(sys.executable, 'validate.py', '--model', 'resnet32_camc_lt', '--checkpoint', str(weights),
                 '--data-dir', str(cifar10_small), '--split', 'test', '--train-counts', str(run / 'lt_subset.json'),
                 '--num-classes', '10', '--results-file', str(tmp_path / 'val2.json'), '-j', '0')
@@ -355,3 +355,17 @@ def test_run_script_takes_relative_paths_from_the_caller(cifar10_small, tmp_path
     # the training folder was found from the caller's directory; the wrong split is reported with its full path
     assert res.returncode == 2, res.stderr[-2000:]
     assert f"Validation folder not found: '{tmp_path / 'here' / 'mydata' / 'nope'}'" in res.stderr, res.stderr[-2000:]
+
+
+def test_validate_refuses_an_empty_class_folder_unless_allowed(cifar10_small, tmp_path):
+    data = _nine_classes(cifar10_small, tmp_path / 'data')
+    res = _run(*_train_args(data, tmp_path, 'nine', '--epochs', '1', '--lt-imbalance', '0'))
+    assert res.returncode == 0, res.stderr[-2000:]
+    (data / 'test' / 'zebra').mkdir()
+    args = [sys.executable, 'validate.py', '--model', 'resnet32_camc_lt', '--checkpoint',
+            str(tmp_path / 'nine' / 'last.pth.tar'), '--data-dir', str(data), '--split', 'test']
+    res = _run(*args)
+    assert res.returncode == 2 and "hold no image: ['zebra']" in res.stderr, res.stderr[-2000:]
+    res = _run(*args, '--allow-empty-classes', '--results-file', str(tmp_path / 'r.json'))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / 'r.json').read_text())['num_samples'] == 180

@@ -62,7 +62,7 @@ def test_readme_walkthrough(cifar10_small, tmp_path):
 
     run = tmp_path / 'output' / 'train' / 'my-run'
     results = json.loads((run / 'results-ema.json').read_text())
-    assert results['use_ema'] and results['group_sizes'] == {'many': 0, 'medium': 7, 'few': 3}
+    assert results['use_ema'] and results['shot_group_sizes'] == {'many_shot': 0, 'medium_shot': 7, 'few_shot': 3}
     assert (run / 'per_class.png').is_file() and len(list((run / 'cams').glob('*.png'))) == 4
     published = tmp_path / 'published'
     assert sorted(p.name for p in published.iterdir()) == ['README.md', 'config.json', 'model.safetensors']

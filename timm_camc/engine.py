@@ -52,12 +52,12 @@ def check_finite_state(epoch: int, model: nn.Module, model_ema=None, eval_metric
     for what, module in (('model', model), ('EMA', getattr(model_ema, 'module', None))):
         if module is None:
             continue
-        tensors = [t for t in unwrap_model(module).state_dict().values() if t.is_floating_point()]
-        flags = torch.stack([torch.isfinite(t).all() for t in tensors]) if tensors else torch.ones(1, dtype=torch.bool)
+        tensors = {n: t for n, t in unwrap_model(module).state_dict().items() if t.is_floating_point()}
+        if not tensors:
+            continue
+        flags = torch.stack([torch.isfinite(t).all() for t in tensors.values()])  # one sync for all of them
         if not bool(flags.all()):
-            names = [n for (n, t), ok in zip(
-                ((n, t) for n, t in unwrap_model(module).state_dict().items() if t.is_floating_point()),
-                flags.tolist()) if not ok]
+            names = [n for n, ok in zip(tensors, flags.tolist()) if not ok]
             bad.append(f'{what} tensors {names[:3]}' + (f' and {len(names) - 3} more' if len(names) > 3 else ''))
     if eval_metrics is not None and not math.isfinite(eval_metrics.get('loss', 0.)):
         bad.append('the evaluation loss')

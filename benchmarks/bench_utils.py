@@ -2,6 +2,7 @@
 import os
 import platform
 import subprocess
+import tarfile
 from pathlib import Path
 
 import torch
@@ -9,7 +10,7 @@ import torch
 import timm
 import timm_camc
 
-__all__ = ['cpu_model', 'git', 'git_commit', 'machine_info']
+__all__ = ['cpu_model', 'data_dir_or_tar', 'git', 'git_commit', 'machine_info']
 
 
 def cpu_model() -> str:
@@ -19,6 +20,17 @@ def cpu_model() -> str:
             return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), '')
     except OSError:
         return platform.processor() or platform.machine()
+
+
+def data_dir_or_tar(data_dir: str, tar: str, tmp: str, prefix: str = '') -> str:
+    """``data_dir``, or the archive ``tar`` extracted into ``tmp`` (only its members under ``prefix``)."""
+    if data_dir:
+        return data_dir
+    if not tar:
+        raise SystemExit('give --data-dir or --tar')
+    with tarfile.open(tar) as archive:
+        archive.extractall(tmp, members=[m for m in archive if m.name.startswith(prefix)], filter='data')
+    return tmp
 
 
 def git(*args: str) -> str:

@@ -11,7 +11,6 @@ and (3) is close to (2).
 """
 import argparse
 import json
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 import timm
 import timm_camc
 from timm.data import resolve_data_config
-from bench_utils import machine_info
+from bench_utils import data_dir_or_tar, machine_info
 from timm_camc.data import create_lt_datasets, create_sampler, create_train_loader, create_train_transform
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -50,13 +49,7 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data_dir
-        if not data_dir:
-            if not args.tar:
-                parser.error('give --data-dir or --tar')
-            with tarfile.open(args.tar) as tar:
-                tar.extractall(tmp, members=[m for m in tar if m.name.startswith('train/')], filter='data')
-            data_dir = tmp
+        data_dir = data_dir_or_tar(args.data_dir, args.tar, tmp, prefix='train/')
         train_ds, _, info = create_lt_datasets(data_dir, val_split='', imbalance=args.imbalance)
         model = timm.create_model('resnet32_camc_lt', num_classes=info.num_classes).to(device).train()
         cfg = resolve_data_config(model=model)

@@ -21,7 +21,6 @@ import json
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import yaml
 
 import timm
 import timm_camc  # noqa: F401  (registers the models)
-from bench_utils import machine_info
+from bench_utils import data_dir_or_tar, machine_info
 from timm_camc.loss import CamcLoss, create_loss
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,13 +107,7 @@ def main():
     cfg = yaml.safe_load(CONFIG.read_text())
     eval_interval = args.eval_interval or cfg.get('eval_interval', 1)
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data_dir
-        if not data_dir:
-            if not args.tar:
-                parser.error('give --data-dir or --tar')
-            with tarfile.open(args.tar) as tar:
-                tar.extractall(tmp, filter='data')
-            data_dir = tmp
+        data_dir = data_dir_or_tar(args.data_dir, args.tar, tmp)
         rows = dict(bare_step=dict(train_img_s=round(bare_step_rate(cfg, device, args.steps), 1)))
         out = str(Path(tmp) / 'runs')
         rows['train_py_default'] = train_py(data_dir, out, 'default', args.epochs, args.device)

@@ -13,7 +13,7 @@ from PIL import Image
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.data.readers.reader_image_folder import find_images_and_targets
 
-__all__ = ['CorruptImageError', 'ImageListDataset', 'LongTailSubset', 'dataset_targets']
+__all__ = ['CorruptImageError', 'DatasetView', 'ImageListDataset', 'LongTailSubset', 'dataset_targets']
 
 _logger = logging.getLogger(__name__)
 
@@ -140,18 +140,12 @@ def _has_image(folder: str) -> bool:
     return any(os.path.splitext(f)[1].lower() in extensions for _, _, files in os.walk(folder) for f in files)
 
 
-class LongTailSubset(torch.utils.data.Dataset):
-    """A subset of a labelled dataset that keeps ``targets`` and forwards ``transform`` to the source dataset.
+class DatasetView(torch.utils.data.Dataset):
+    """A dataset over another one that forwards ``transform`` to it (timm's loader factories set
+    ``dataset.transform``; a plain ``torch.utils.data.Subset`` would drop it)."""
 
-    timm's loader factories set ``dataset.transform``; a plain ``torch.utils.data.Subset`` would drop it.
-    """
-
-    def __init__(self, dataset: torch.utils.data.Dataset, indices: Sequence[int]):
+    def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset
-        self.indices = list(indices)
-        source_targets = dataset_targets(dataset)
-        self.targets = [int(source_targets[i]) for i in self.indices]
-        self.class_names = getattr(dataset, 'class_names', None) or getattr(dataset, 'classes', None)
 
     @property
     def transform(self) -> Optional[Callable]:
@@ -160,6 +154,17 @@ class LongTailSubset(torch.utils.data.Dataset):
     @transform.setter
     def transform(self, transform: Optional[Callable]) -> None:
         self.dataset.transform = transform
+
+
+class LongTailSubset(DatasetView):
+    """A subset of a labelled dataset that keeps ``targets`` and forwards ``transform`` to the source dataset."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: Sequence[int]):
+        super().__init__(dataset)
+        self.indices = list(indices)
+        source_targets = dataset_targets(dataset)
+        self.targets = [int(source_targets[i]) for i in self.indices]
+        self.class_names = getattr(dataset, 'class_names', None) or getattr(dataset, 'classes', None)
 
     def __len__(self) -> int:
         return len(self.indices)

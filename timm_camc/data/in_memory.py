@@ -16,7 +16,6 @@ Copyright 2026, the timm-camc authors. Apache-2.0.
 import logging
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.utils.data

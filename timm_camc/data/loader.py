@@ -24,6 +24,7 @@ from timm.data import create_transform
 from timm.data.loader import PrefetchLoader, _worker_init, fast_collate
 from timm.data.transforms import MaybeToTensor, ToNumpy
 
+from .dataset import DatasetView
 from .in_memory import augment_seed
 
 __all__ = ['SeededDataset', 'SeededSampler', 'create_train_loader', 'create_train_transform', 'TRAIN_CROP_MODES']
@@ -94,20 +95,9 @@ class SeededSampler(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
-class SeededDataset(torch.utils.data.Dataset):
+class SeededDataset(DatasetView):
     """Loads ``dataset[index]`` for a ``(index, seed)`` key after seeding the random generators that transforms use
     (Python's ``random``, NumPy's global generator and torch's default CPU generator) with ``seed``."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset):
-        self.dataset = dataset
-
-    @property
-    def transform(self) -> Optional[Callable]:
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, transform: Optional[Callable]) -> None:
-        self.dataset.transform = transform
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -307,3 +307,19 @@ def test_resnet32_is_the_cifar_resnet32():
     assert [model.get_submodule(f'layer{i}')[0].conv1.out_channels for i in (1, 2, 3)] == [16, 32, 64]
     assert len(model.layer4) == 0
     assert 0.46e6 < sum(p.numel() for p in model.parameters()) < 0.48e6  # 0.46M in the literature + 1x1 shortcuts
+
+
+def test_head_options_share_the_initialisation():
+    """Models that differ only in head options start from the same weights under one seed (paired comparisons in
+    train.py rely on it): the whole backbone and the classifier rows, with only the calibration added."""
+    def build(**kwargs):
+        torch.manual_seed(0)
+        return timm.create_model('resnet32_camc_lt', num_classes=10, **kwargs).state_dict()
+
+    reference = build(camc='none')
+    for kwargs in (dict(camc='global'), dict(camc='class'), dict(camc='global', camc_topk=3)):
+        state = build(**kwargs)
+        shared = [k for k in reference if k in state]
+        assert len(shared) == len(reference), f'{kwargs}: missing {set(reference) - set(state)}'
+        for k in shared:
+            torch.testing.assert_close(state[k], reference[k], rtol=0, atol=0, msg=f'{kwargs}: {k} differs')

@@ -163,7 +163,11 @@ class CamcResNet(ResNet):
             info['reduction'] = info['reduction'] * stem_stride // 4
         self.feature_info.extend(stage_feature_info)
 
-        # Head
+        # The backbone is initialised before the head draws any random numbers, so that models that differ only in
+        # head options start from the same backbone and classifier weights (the paired comparisons rely on it).
+        super().init_weights(zero_init_last=zero_init_last)
+
+        # Head (initialises itself)
         self.num_features = channels[-1] * block_fns[-1].expansion
         self.head_args = dict(
             camc=camc,
@@ -177,8 +181,6 @@ class CamcResNet(ResNet):
         )
         self.head = CamcHead(self.num_features, num_classes, pool_type=global_pool, **self.head_args, **dd)
         self.head_hidden_size = self.num_features * self.head.global_pool.feat_mult()
-
-        self.init_weights(zero_init_last=zero_init_last)
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:

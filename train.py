@@ -100,12 +100,14 @@ group.add_argument('--drop', type=float, default=0., metavar='PCT', help='dropou
 group.add_argument('--drop-path', type=float, default=None, metavar='PCT', help='drop path rate')
 
 group = parser.add_argument_group('CAMC head (models *_camc_lt)')
-group.add_argument('--camc', default='global', choices=('global', 'class', 'none'), help='calibration variant')
+group.add_argument('--camc', default='global', choices=('global', 'class', 'target', 'none'),
+                   help="calibration variant ('target': in training only)")
 group.add_argument('--linear-classifier', action='store_true', help='plain linear instead of cosine classifier')
 group.add_argument('--cosine-scale', type=float, default=16., metavar='S', help='scale s of the cosine classifier')
 group.add_argument('--learn-scale', action='store_true', help='learn the scale s')
 group.add_argument('--proto-momentum', type=float, default=0.9, help='EMA momentum of the class prototypes')
 group.add_argument('--camc-topk', type=int, default=32, help="classes of the 'global' calibration (0: all)")
+group.add_argument('--nonneg-map', action='store_true', help='non-negative weights in the calibration map conv')
 group.add_argument('--aux-weight', type=float, default=0.5, help='weight of the auxiliary loss on plain logits')
 
 group = parser.add_argument_group('Long-tail parameters')

@@ -102,7 +102,8 @@ class Row:
         loss_kwargs: Kwargs of the loss.
         sampler: ``timm_camc.data.create_sampler`` name.
         tier: Priority when the time budget cannot hold every run (0 first). Tier 0 is the central comparison:
-            does CAMC beat the plain normalised classifier, alone and with logit adjustment.
+            does CAMC beat the plain normalised classifier, alone and with logit adjustment. Tier 3: the method
+            candidates of issue 12 (run when named).
         baseline: The row's plain counterpart; the report gives the paired per-seed difference to it.
     """
     name: str
@@ -154,6 +155,13 @@ ROWS: Tuple[Row, ...] = (
     Row('la_cosine', 'Logit-adjusted CE (tau=1) + normalised classifier', _cosine(16.), 'logit_adjusted', _LA),
     Row('camc_global_la', 'CAMC global (B) + logit-adjusted CE', _camc('global'), 'logit_adjusted', _LA,
         baseline='la_cosine'),
+    # issue 12 candidates, each on top of the best re-balancing (logit adjustment) against la_cosine
+    Row('camc_nonneg_la', 'CAMC global (B), non-negative map conv, + logit-adjusted CE',
+        dict(_camc('global'), nonneg_map=True), 'logit_adjusted', _LA, tier=3, baseline='la_cosine'),
+    Row('camc_target_la', 'CAMC target (C, training only) + logit-adjusted CE', _camc('target'), 'logit_adjusted',
+        _LA, tier=3, baseline='la_cosine'),
+    Row('camc_global_la_aux1', 'CAMC global (B), auxiliary weight 1, + logit-adjusted CE',
+        dict(_camc('global'), aux_weight=1.), 'logit_adjusted', _LA, tier=3, baseline='la_cosine'),
     Row('ldam_drw', 'LDAM-DRW on a linear classifier (margins on raw logits, scale 1)', LINEAR, 'ldam',
         _LDAM_LINEAR, tier=2),
     Row('ldam_drw_norm', 'LDAM-DRW (its normalised classifier, scale 30: the published recipe)', _cosine(16.), 'ldam',
@@ -188,9 +196,11 @@ class RunSpec:
 
 def plan_runs(rows: Sequence[Row], seeds: Sequence[int]) -> List[RunSpec]:
     """All (row, seed) runs in priority order: tiers 0 and 1 with their first two seeds (row by row, so CAMC rows and
-    their counterparts get two seeds before anything else), then tier 2 seed by seed, then any further seeds."""
+    their counterparts get two seeds before anything else), then each further tier seed by seed, then any further
+    seeds."""
     first = [RunSpec(r, s, i) for tier in (0, 1) for r in rows if r.tier == tier for i, s in enumerate(seeds[:2])]
-    rest = [RunSpec(r, s, i) for i, s in enumerate(seeds[:2]) for r in rows if r.tier >= 2]
+    later = sorted({r.tier for r in rows if r.tier >= 2})
+    rest = [RunSpec(r, s, i) for tier in later for i, s in enumerate(seeds[:2]) for r in rows if r.tier == tier]
     more = [RunSpec(r, s, i + 2) for i, s in enumerate(seeds[2:]) for r in sorted(rows, key=lambda r: r.tier)]
     return first + rest + more
 
@@ -705,20 +715,40 @@ class RunTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, Any]:
-        """Top-1, per-class and class-group accuracy on the test images (``LongTailMetrics``)."""
+        """Top-1, per-class and class-group accuracy on the test images (``LongTailMetrics``); for a CAMC row also
+        ``map_cam_corr``, the median over the test images of the spatial correlation between the calibration map
+        ``A`` and the CAM of the predicted class (does the calibration highlight what the class map highlights?)."""
         self.model.eval()
         metrics = LongTailMetrics(NUM_CLASSES, train_counts=self.data.class_counts,
                                   class_groups=default_class_groups(NUM_CLASSES, self.data.class_counts))
+        head = getattr(self.model, 'head', None)
+        explain = getattr(head, 'calib', None) is not None
+        corrs = []
         with self._on_stream():
             for start in range(0, len(self.data.test_y), self.cfg.eval_batch_size):
                 x = normalize(self.data.test_x[start:start + self.cfg.eval_batch_size], self.mean, self.std,
                               torch.float32, self.cfg.channels_last)
                 with (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                       else contextlib.nullcontext()):
-                    logits = self.model(x)
+                    if explain:
+                        out = self.model.explain(x)
+                        logits = out['logits']
+                        corrs.append(spatial_correlation(out['calibration'].float(), out['cam'].float()))
+                    else:
+                        logits = self.model(x)
                 metrics.update(logits.float(), self.data.test_y[start:start + self.cfg.eval_batch_size])
         self.sync()
-        return metrics.compute()
+        result = metrics.compute()
+        if corrs:
+            result['map_cam_corr'] = float(torch.cat(corrs).nanmedian())
+        return result
+
+
+def spatial_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation over the positions of each pair of maps (B x H x W each), NaN for a flat map."""
+    a, b = a.flatten(1), b.flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -862,7 +892,8 @@ def make_record(t: RunTrainer, metrics: Optional[Mapping[str, Any]], ctx: Mappin
             top1=metrics['top1'], top5=metrics['top5'], head=groups.get('head'), medium=groups.get('medium'),
             tail=groups.get('tail'), many_shot=metrics.get('many_shot'), medium_shot=metrics.get('medium_shot'),
             few_shot=metrics.get('few_shot'), shot_group_sizes=metrics.get('shot_group_sizes'),
-            per_class=metrics['per_class'], test_samples=metrics['num_samples'])
+            per_class=metrics['per_class'], test_samples=metrics['num_samples'],
+            map_cam_corr=metrics.get('map_cam_corr'))
     return rec
 
 

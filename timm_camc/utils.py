@@ -26,7 +26,7 @@ _logger = logging.getLogger(__name__)
 # training option -> model kwarg, for models with a CAMC head
 CAMC_ARG_NAMES = dict(
     camc='camc', cosine_scale='cosine_scale', learn_scale='learn_scale', proto_momentum='proto_momentum',
-    camc_topk='camc_topk', aux_weight='aux_weight',
+    camc_topk='camc_topk', nonneg_map='nonneg_map', aux_weight='aux_weight',
 )
 # every model kwarg of the CAMC head (train.py's --linear-classifier sets norm_classifier)
 CAMC_MODEL_KWARGS = ('camc', 'norm_classifier', *(k for k in CAMC_ARG_NAMES.values() if k != 'camc'))

@@ -73,6 +73,7 @@ class CamcResNet(ResNet):
             learn_scale: bool = False,
             proto_momentum: float = 0.9,
             camc_topk: int = 32,
+            nonneg_map: bool = False,
             aux_weight: float = 0.5,
             device=None,
             dtype=None,
@@ -97,13 +98,16 @@ class CamcResNet(ResNet):
             drop_block_rate: DropBlock rate.
             zero_init_last: Zero-init the last BN of each residual branch.
             block_args: Extra kwargs for the blocks.
-            camc: Calibration variant ('global' = CAMC.md variant B, 'class' = variant A) or 'none'. (timm's
+            camc: Calibration variant ('global' = CAMC.md variant B, 'class' = variant A, 'target' = variant C, in
+                training only) or 'none'. (timm's
                 ``create_model`` drops kwargs that are None, so None would select the default.)
             norm_classifier: Cosine-normalised classifier (True) or plain linear (False).
             cosine_scale: Scale ``s`` of the cosine classifier.
             learn_scale: Learn ``s``.
             proto_momentum: EMA momentum of the class prototypes.
             camc_topk: 'global' calibration over the most probable ``camc_topk`` classes only (0: all classes).
+            nonneg_map: Non-negative weights in the calibration's map conv (the map can only highlight what the
+                class and prototype maps highlight).
             aux_weight: Weight of the auxiliary cross-entropy on the plain classifier logits.
         """
         # ResNet.__init__ hard-codes the 64-channel ImageNet stem and timm's linear head; both are built here
@@ -176,6 +180,7 @@ class CamcResNet(ResNet):
             learn_scale=learn_scale,
             proto_momentum=proto_momentum,
             topk=camc_topk,
+            nonneg_map=nonneg_map,
             aux_weight=aux_weight,
             drop_rate=drop_rate,
         )

@@ -5,6 +5,7 @@
         --ema --repo-id <you>/resnet32_camc_lt.my_run --tag my_run             # your own weights
     python hub/publish.py --checkpoint ... --metrics ... --raw --out hub_folder/   # write the folder only
     python hub/publish.py --checkpoint ... --metrics ... --ema --official --repo-id timm-camc/<arch>.<tag>
+    python hub/publish.py --folder hub/staged/<arch>.<tag> --official --repo-id timm-camc/<arch>.<tag>  # upload
 
 The folder holds ``model.safetensors`` (the EMA or the raw weights, chosen explicitly), timm's ``config.json`` (with
 the CAMC head in ``model_args`` so ``timm.create_model('hf-hub:<repo>', pretrained=True)`` rebuilds it, and the
@@ -21,12 +22,17 @@ already in the repository are only replaced with ``--force``. The token comes fr
 and is never printed or written. After publishing registry weights, the record to add to ``timm_camc/weights.py``
 is printed.
 
+``--folder`` uploads a folder written earlier with ``--out`` (e.g. the staged registry weights in ``hub/staged/``) as
+it is, after checking its weights against the sha256 its config and card record (and, for the registry's
+repositories, against ``timm_camc.weights``), with the same one-commit, no-silent-replace rules.
+
 Exit status: 0 published (or written, or already identical), 1 the upload failed (nothing was published; running
 again is safe), 2 invalid input or no token (nothing was done), 3 refused: the repository already has weights.
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -35,12 +41,12 @@ import tempfile
 
 from huggingface_hub import get_token
 
-from timm_camc.pretrained import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
+from timm_camc.pretrained import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, PretrainedWeightsError, verify_weights
 from timm_camc.publish import (
     WeightsExistError, build_trained_model, check_metrics, export_folder, load_trained_checkpoint, push_folder,
     read_metrics, resolve_label, validate_repo_id,
 )
-from timm_camc.weights import HUB_ORG
+from timm_camc.weights import HUB_ORG, find_weights
 
 _logger = logging.getLogger('publish')
 
@@ -53,12 +59,17 @@ parser = argparse.ArgumentParser(
     epilog='exit status: 0 published / written, 1 upload failed (nothing published, safe to rerun), 2 invalid input '
            'or no token, 3 refused (weights exist, no --force)')
 group = parser.add_argument_group('Inputs')
-group.add_argument('--checkpoint', required=True, metavar='PATH', help='train.py checkpoint (<run>/last.pth.tar)')
-group.add_argument('--metrics', required=True, metavar='PATH',
-                   help='validate.py results JSON of the same weights (the model card is made from it)')
-weights = group.add_mutually_exclusive_group(required=True)
+group.add_argument('--checkpoint', metavar='PATH', help='train.py checkpoint (<run>/last.pth.tar); required')
+group.add_argument('--metrics', metavar='PATH',
+                   help='validate.py results JSON of the same weights (the model card is made from it); required')
+group.add_argument('--folder', metavar='DIR',
+                   help='instead of a checkpoint: upload this folder written by --out (e.g. hub/staged/<arch>.<tag>) '
+                        'as it is, to --repo-id')
+weights = group.add_mutually_exclusive_group()
 weights.add_argument('--ema', action='store_true', help='publish the EMA weights (state_dict_ema)')
 weights.add_argument('--raw', action='store_true', help='publish the raw weights (state_dict)')
+group.add_argument('--notes', metavar='PATH', default=None,
+                   help='markdown file for the model card\'s "Notes" section (how the weights were made, comparisons)')
 group.add_argument('--model-name', metavar='ARCH', default=None,
                    help='architecture the checkpoint must be (default: the one it was trained as)')
 group = parser.add_argument_group('Label (from the checkpoint\'s training options; contradictions are refused)')
@@ -105,8 +116,83 @@ def _write_folder(export_args: dict, out: str, force: bool):
     return export
 
 
+def _get_token():
+    """The Hub token, or None after logging why there is none."""
+    try:
+        token = get_token()
+    except Exception as e:  # e.g. a failed OIDC token exchange
+        _logger.error(f'Cannot get a Hugging Face token ({type(e).__name__}). Nothing was done.')
+        return None
+    if not token:
+        _logger.error('No Hugging Face token: set HF_TOKEN or log in with `hf auth login` (a token with write '
+                      'access to the repository). Nothing was done.')
+    return token or None
+
+
+def upload_folder(args) -> int:
+    """``--folder``: check an exported folder and push it as it is."""
+    folder = args.folder
+    try:
+        validate_repo_id(args.repo_id)
+        if not os.path.isdir(folder):
+            raise ValueError(f'{folder} is not a folder')
+        extra = sorted(set(os.listdir(folder)) - _HUB_FOLDER_FILES)
+        if extra:
+            raise ValueError(f'{folder} holds files that are not part of a Hub folder: {", ".join(extra)}')
+        sha256 = verify_weights(folder)  # the config's and the card's records
+        with open(os.path.join(folder, CONFIG_FILE), encoding='utf-8') as f:
+            config = json.load(f)
+        name = f'{config.get("architecture")}.{(config.get("pretrained_cfg") or {}).get("tag")}'
+        official = args.repo_id.split('/')[0] == HUB_ORG
+        if official != args.official:
+            raise ValueError(f'{HUB_ORG}/ holds the registry weights: --official goes with a {HUB_ORG}/ repository, '
+                             f'and only with one')
+        if official:
+            record = next(find_weights(hub_id=args.repo_id), None)
+            if record is None or not record.trained:
+                raise ValueError(f'timm_camc.weights has no staged or published record for {args.repo_id}')
+            if record.sha256 != sha256:
+                raise ValueError(f'{folder} holds other weights (sha256 {sha256}) than the record of {record.name} '
+                                 f'({record.sha256})')
+    except (ValueError, OSError, PretrainedWeightsError) as e:
+        _logger.error(f'{e}. Nothing was done.')
+        return EXIT_INVALID
+    token = _get_token()
+    if token is None:
+        return EXIT_INVALID
+    try:
+        url, status = push_folder(folder, args.repo_id, token=token, revision=args.revision, private=args.private,
+                                  force=args.force, commit_message=f'Add {name} (sha256 {sha256[:12]})')
+    except WeightsExistError as e:
+        _logger.error(str(e))
+        return EXIT_REFUSED
+    except Exception as e:  # the Hub refused or failed a request, the connection broke
+        _logger.error(f'Uploading to {args.repo_id} failed, nothing was published ({type(e).__name__}: {e}). '
+                      f'The upload is a single commit: running the same command again is safe.')
+        return EXIT_FAILED
+    where = f'{args.repo_id}' + (f'@{args.revision}' if args.revision else '')
+    if status == 'unchanged':
+        print(f'{where} already holds these weights (sha256 {sha256}): nothing to do. {url}')
+    else:
+        print(f'Uploaded {folder} (sha256 {sha256}) to {where}: {url}')
+    if args.official:
+        print(f'Set status=\'published\' in the record of {name} in timm_camc/weights.py.')
+    return 0
+
+
 def main(argv=None) -> int:
     args = parser.parse_args(argv)
+    if args.folder is not None:
+        given = [f'--{k.replace("_", "-")}' for k in ('checkpoint', 'metrics', 'ema', 'raw', 'model_name', 'notes',
+                                                     'tag', 'dataset', 'out') if getattr(args, k)]
+        if given:
+            parser.error(f'--folder uploads a written folder as it is: {", ".join(given)} cannot go with it')
+        if args.repo_id is None:
+            parser.error('--folder needs --repo-id')
+        return upload_folder(args)
+    missing = [f'--{k}' for k in ('checkpoint', 'metrics') if getattr(args, k) is None]
+    if missing or not (args.ema or args.raw):
+        parser.error(f'the following arguments are required: {", ".join(missing + ["--ema or --raw"])}')
     if args.out is None and args.repo_id is None:
         parser.error('give --repo-id (push) or --out (write the folder)')
 
@@ -123,14 +209,8 @@ def main(argv=None) -> int:
                           f'the registry recipe) or publish to your own repository. Nothing was done.')
             return EXIT_INVALID
     if args.out is None:
-        try:
-            token = get_token()
-        except Exception as e:  # e.g. a failed OIDC token exchange
-            _logger.error(f'Cannot get a Hugging Face token ({type(e).__name__}). Nothing was done.')
-            return EXIT_INVALID
-        if not token:
-            _logger.error('No Hugging Face token: set HF_TOKEN or log in with `hf auth login` (a token with write '
-                          'access to the repository). Nothing was done.')
+        token = _get_token()
+        if token is None:
             return EXIT_INVALID
     elif os.path.isdir(args.out) and os.listdir(args.out):
         if not args.force:
@@ -151,19 +231,23 @@ def main(argv=None) -> int:
         label = resolve_label(checkpoint, metrics, tag=args.tag, dataset=args.dataset, official=args.official,
                               repo_root=_REPO_ROOT)
         model = build_trained_model(checkpoint, label.tag)
-    except (ValueError, FileNotFoundError) as e:
+        notes = None
+        if args.notes is not None:
+            with open(args.notes, encoding='utf-8') as f:
+                notes = f.read()
+    except (ValueError, OSError) as e:
         _logger.error(f'{e}. Nothing was done.')
         return EXIT_INVALID
     name = f'{checkpoint.arch}.{label.tag}'
     # a user's weights never point at the registry's repository; with --out and no --repo-id the card has a placeholder
     hub_id = args.repo_id or (label.record.hub_id if label.official else None)
     export_args = dict(model=model, checkpoint=checkpoint, metrics=metrics, label=label, hub_id=hub_id,
-                       secrets=(token,) if token else ())
+                       secrets=(token,) if token else (), notes=notes)
     kind = 'EMA' if checkpoint.use_ema else 'raw'
 
     try:
         if args.out is not None:
-            export = _write_folder(export_args, args.out, args.force)
+            export = _write_folder(dict(export_args, status='staged'), args.out, args.force)
             print(f'Wrote {name} ({kind} weights, sha256 {export.sha256}) to {args.out}')
         else:
             with tempfile.TemporaryDirectory(prefix='publish-') as folder:
@@ -189,8 +273,10 @@ def main(argv=None) -> int:
         return EXIT_FAILED
 
     if export.record is not None:
+        staged = (f' (status "staged": export into {export.record.staged_dir} in the repository; set "published" '
+                  f'once the folder is uploaded)') if args.out else ''
         print(f'\nTo list these weights in timm_camc (README table, pretrained=True by tag), put this record in '
-              f'WEIGHTS of timm_camc/weights.py{" once it is pushed" if args.out else ""}:\n')
+              f'WEIGHTS of timm_camc/weights.py{staged}:\n')
         print(export.record.to_python())
     return 0
 

@@ -249,8 +249,8 @@ def test_weights_registry_schema_matches_default_cfgs():
         assert recipe.is_file(), record.recipe
         trained = yaml.safe_load(recipe.read_text())['model'].split('.')[0]
         assert trained == record.arch or f'--model {record.arch}' in record.recipe_args, name
-        assert record.status in ('published', 'recipe only')
-        if record.published:
+        assert record.status in ('published', 'staged', 'recipe only')
+        if record.trained:
             assert set(record.metrics) == set(METRIC_KEYS) and re.fullmatch(r'[0-9a-f]{64}', record.sha256)
         else:
             assert record.metrics is None and record.sha256 is None  # no invented numbers
@@ -266,11 +266,13 @@ def test_weights_registry_schema_matches_default_cfgs():
                  num_classes=10, recipe='configs/cifar10_lt_r100.yaml')
     metrics = dict(top1=70.0, many=90.0, medium=70.0, few=None)
     PretrainedWeights(**valid, status='published', metrics=metrics, sha256='0' * 64)
+    PretrainedWeights(**valid, status='staged', metrics=metrics, sha256='0' * 64)
     for bad, match in [
+        (dict(status='staged', metrics=metrics), 'staged weight needs the sha256'),
         (dict(status='published'), 'needs metrics'),
         (dict(status='published', metrics=metrics), 'sha256'),
         (dict(status='published', metrics=dict(metrics, top1=170.0), sha256='0' * 64), 'percentage'),
-        (dict(metrics=metrics), 'not published has no metrics'),
+        (dict(metrics=metrics), 'only a recipe has no metrics'),
         (dict(status='done'), 'status'),
         (dict(num_classes=100), '10 classes'),
         (dict(hub_id='no-org'), 'org/name'),
@@ -743,3 +745,55 @@ def test_published_registry_digest_is_enforced_for_tags_and_hf_hub_ids(hub_here,
     for name, kwargs in [(f'hf-hub:{repo}', {}), (record.name, dict(pretrained_cfg_overlay=dict(hf_hub_id=repo)))]:
         with pytest.raises(camc_pretrained.WeightsIntegrityError, match='timm_camc.weights records 0000'):
             timm.create_model(name, pretrained=True, cache_dir=str(tmp_path), **kwargs)
+
+
+# ------------------------------------------------------------------------------- uploading a staged folder as it is
+
+STAGED_NAME = 'resnet32_camc_lt.cifar10_lt_r100'
+STAGED_DIR = REPO / 'hub' / 'staged' / STAGED_NAME
+
+
+def test_upload_the_staged_folder_then_load_it_from_the_hub(publisher, hub_here, capsys, caplog, tmp_path):
+    record = WEIGHTS[STAGED_NAME]
+    repo = record.hub_id
+    code, out, log = _publish(publisher, capsys, caplog, '--folder', str(STAGED_DIR), '--official', '--repo-id', repo)
+    assert code == 0, log
+    assert f'Uploaded {STAGED_DIR}' in out and "status='published'" in out
+    files = hub_here.files(repo)
+    assert files['model.safetensors'] == (STAGED_DIR / 'model.safetensors').read_bytes()
+    assert files['README.md'] == (STAGED_DIR / 'README.md').read_bytes()
+
+    code, out, _ = _publish(publisher, capsys, caplog, '--folder', str(STAGED_DIR), '--official', '--repo-id', repo)
+    assert code == 0 and 'already holds these weights' in out
+
+    loaded = timm.create_model(f'hf-hub:{repo}', pretrained=True, cache_dir=str(tmp_path / 'cache'))
+    staged = timm.create_model(f'local-dir:{STAGED_DIR}', pretrained=True)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), staged.state_dict().values()))
+
+
+def test_upload_folder_refusals(publisher, hub_here, capsys, caplog, tmp_path):
+    requests = len(hub_here.requests)
+    # the registry organisation needs --official, and --official needs it
+    code, _, log = _publish(publisher, capsys, caplog, '--folder', str(STAGED_DIR), '--repo-id', WEIGHTS[STAGED_NAME].hub_id)
+    assert code == 2 and '--official goes with a timm-camc/ repository' in log
+    code, _, log = _publish(publisher, capsys, caplog, '--folder', str(STAGED_DIR), '--official', '--repo-id',
+                            'test-org/staged')
+    assert code == 2 and '--official goes with' in log
+    # weights that are not the ones the folder records
+    changed = tmp_path / 'changed'
+    shutil.copytree(STAGED_DIR, changed)
+    weights = changed / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:-1] + b'\0')
+    code, _, log = _publish(publisher, capsys, caplog, '--folder', str(changed), '--repo-id', 'test-org/changed')
+    assert code == 2 and 'sha256' in log and 'Nothing was done' in log
+    # other files than a Hub folder
+    extra = tmp_path / 'extra'
+    shutil.copytree(STAGED_DIR, extra)
+    (extra / 'notes.txt').write_text('x')
+    code, _, log = _publish(publisher, capsys, caplog, '--folder', str(extra), '--repo-id', 'test-org/extra')
+    assert code == 2 and 'notes.txt' in log
+    # a registry repository whose record has other weights
+    code, _, log = _publish(publisher, capsys, caplog, '--folder', str(STAGED_DIR), '--official', '--repo-id',
+                            WEIGHTS['resnet32_camc_lt.cifar100_lt_r100'].hub_id)
+    assert code == 2 and 'no staged or published record' in log
+    assert len(hub_here.requests) == requests, 'a refused upload sends nothing'

@@ -19,8 +19,10 @@ The rules:
     * Hub weights are downloaded once, and everything is read at one commit: for ``hf-hub:`` ids the commit of the
       ``config.json`` timm built the model from, for tags the commit the weights came from. A push to the branch in
       between cannot swap the file that is checked, the one that is loaded, or the config the model was built from.
-    * A tag that ``timm_camc.weights`` lists as not published fails at once, without touching the network, naming
-      the command that trains it.
+    * A tag that ``timm_camc.weights`` lists as a recipe only fails at once, without touching the network, naming
+      the command that trains it. A ``'staged'`` tag (exported into the repository, not yet uploaded) loads from its
+      folder in a source checkout (``hub/staged/<arch>.<tag>/``, checked against the folder's and the record's
+      sha256); without a checkout it fails, naming the folder.
 
 ``verify_weights`` checks a repository or folder against both records (config and model card) on demand.
 
@@ -62,6 +64,7 @@ SHA256_KEY = 'weights_sha256'  # config.json: {filename: sha256 hex digest}
 ALLOW_PICKLE_ENV = 'TIMM_CAMC_ALLOW_PICKLE'
 ALLOW_UNVERIFIED_ENV = 'TIMM_CAMC_ALLOW_UNVERIFIED'
 _PICKLE_SUFFIXES = ('.bin', '.pth', '.pth.tar', '.pt', '.ckpt')  # what timm's local-dir loader would torch.load
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the repository root when running from a checkout
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -230,6 +233,20 @@ def _registry_record(cfg: Mapping[str, Any], repo_id: str) -> Optional[Pretraine
     return next(find_weights(hub_id=repo_id), None)
 
 
+def _staged_weights(record: PretrainedWeights) -> str:
+    """The checked weights file of a staged tag, from its folder in the repository this package runs from."""
+    folder = _SOURCE_ROOT / record.staged_dir
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise WeightsNotPublishedError(
+            f'Pretrained weights {record.name} are staged in the timm-camc repository ({record.staged_dir}/) but not '
+            f'yet uploaded to the Hugging Face Hub ({record.hub_id}), and this installation is not a checkout of the '
+            f'repository: in a clone, use timm.create_model("local-dir:<clone>/{record.staged_dir}", pretrained=True).')
+    path = _prepare_local_dir(folder)
+    _check_sha256(path, {'timm_camc.weights': record.sha256}, record.name, _LOCAL_ADVICE)
+    _logger.info(f'{record.name}: loading the staged weights from {folder} (not yet on the Hub)')
+    return path
+
+
 def _not_published(record: PretrainedWeights) -> str:
     """One line: the weights of a registry record are not published yet, and the command that trains them."""
     return (f'Pretrained weights {record.name} are not published yet (timm_camc.weights: {record.status!r}): train '
@@ -277,7 +294,9 @@ def _prepare_hub(cfg: Mapping[str, Any], variant: str, cache_dir: Optional[str])
     name = f'{cfg.get("architecture") or variant}.{cfg["tag"]}' if cfg.get('tag') else repo_id
     record = _registry_record(cfg, repo_id)
     if record is not None and not record.published and cfg.get('source') != 'hf-hub':
-        # a tag of ours the registry lists as planned: nothing to download (an explicit 'hf-hub:' id is still tried)
+        # a tag of ours that is not on the Hub: nothing to download (an explicit 'hf-hub:' id is still tried)
+        if record.status == 'staged':
+            return _staged_weights(record)
         raise WeightsNotPublishedError(_not_published(record))
     filename = cfg.get('hf_hub_filename') or WEIGHTS_FILE
     if not filename.endswith('.safetensors'):

@@ -6,8 +6,10 @@ its ``model.safetensors``. The README model table (``markdown_model_table``), th
 ``hub/publish.py``, the pretrained loader (``timm_camc.pretrained``) and the tests all read these records.
 
 Every non-backbone tag of ``default_cfgs`` in ``timm_camc/models/camc_resnet.py`` has exactly one record here (a test
-checks both directions). No CAMC weights have been trained yet, so every record is ``'recipe only'``: the records
-carry no metrics until real ones exist. After publishing, ``hub/publish.py`` prints the record to put here.
+checks both directions). A record is ``'recipe only'`` (no weights yet: no metrics, nothing invented), ``'staged'``
+(trained and exported by ``hub/publish.py`` into ``hub/staged/<arch>.<tag>/`` in the repository, with its measured
+metrics and sha256, not yet uploaded to the Hub) or ``'published'``. After exporting or publishing, ``hub/publish.py``
+prints the record to put here.
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
@@ -22,7 +24,8 @@ __all__ = [
 
 HUB_ORG = 'timm-camc'  # the Hugging Face Hub organisation of our weights: '<HUB_ORG>/<arch>.<tag>'
 METRIC_KEYS = ('top1', 'many', 'medium', 'few')  # top-1 and many / medium / few-shot accuracy, in percent
-STATUSES = ('published', 'recipe only')
+STATUSES = ('published', 'staged', 'recipe only')
+STAGED_ROOT = 'hub/staged'  # staged weights: '<STAGED_ROOT>/<arch>.<tag>/' in the repository
 
 _HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*')
 _TAG = re.compile(r'[a-z0-9][a-z0-9_]*')
@@ -57,10 +60,10 @@ DATASETS: Dict[str, Dataset] = {
 
 @dataclass(frozen=True)
 class PretrainedWeights:
-    """One pretrained weight of a CAMC model, planned (``'recipe only'``) or ``'published'``.
+    """One pretrained weight of a CAMC model: planned (``'recipe only'``), ``'staged'`` or ``'published'``.
 
-    The record is validated on construction: a published weight needs its metrics and file hash, a planned one has
-    neither (nothing is invented before a weight exists).
+    The record is validated on construction: a staged or published weight needs its metrics and file hash, a planned
+    one has neither (nothing is invented before a weight exists).
 
     Attributes:
         arch: Registered model name, e.g. ``'resnet32_camc_lt'``.
@@ -70,10 +73,10 @@ class PretrainedWeights:
         num_classes: Classes of the classifier.
         recipe: The train.py config that trains this weight, relative to the repository root.
         recipe_args: Options to add to that config's (e.g. another ``--model``), '' for none.
-        status: ``'published'`` or ``'recipe only'``.
+        status: ``'published'``, ``'staged'`` (exported into ``staged_dir``, not yet uploaded) or ``'recipe only'``.
         metrics: ``METRIC_KEYS`` -> accuracy in percent (None for an empty many / medium / few group), measured on
-            the dataset's ``eval_split``; None until published.
-        sha256: Hex digest of the published ``model.safetensors``; None until published.
+            the dataset's ``eval_split``; None until staged.
+        sha256: Hex digest of the exported ``model.safetensors``; None until staged.
     """
     arch: str
     tag: str
@@ -99,6 +102,16 @@ class PretrainedWeights:
     @property
     def published(self) -> bool:
         return self.status == 'published'
+
+    @property
+    def trained(self) -> bool:
+        """Weights exist (staged or published): the record carries their metrics and sha256."""
+        return self.status in ('published', 'staged')
+
+    @property
+    def staged_dir(self) -> str:
+        """Where ``hub/publish.py --out`` stages the weights in the repository (relative to its root)."""
+        return f'{STAGED_ROOT}/{self.name}'
 
     @property
     def recipe_options(self) -> str:
@@ -140,9 +153,9 @@ def _record_problems(record: PretrainedWeights) -> List[str]:
         problems.append(f'{record.dataset} has {dataset.num_classes} classes, the record {record.num_classes}')
     if not _RECIPE.fullmatch(record.recipe):
         problems.append(f'recipe {record.recipe!r} is not a configs/*.yaml path')
-    if record.status == 'published':
+    if record.trained:
         if record.metrics is None or set(record.metrics) != set(METRIC_KEYS):
-            problems.append(f'a published weight needs metrics with exactly {METRIC_KEYS}')
+            problems.append(f'a {record.status} weight needs metrics with exactly {METRIC_KEYS}')
         else:
             for key, value in record.metrics.items():
                 if value is None and key == 'top1':
@@ -150,9 +163,10 @@ def _record_problems(record: PretrainedWeights) -> List[str]:
                 elif value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 100):
                     problems.append(f'metrics {key}={value!r} is not a percentage')
         if record.sha256 is None or not _SHA256.fullmatch(record.sha256):
-            problems.append('a published weight needs the sha256 (64 lower-case hex digits) of its model.safetensors')
+            problems.append(f'a {record.status} weight needs the sha256 (64 lower-case hex digits) of its '
+                            f'model.safetensors')
     elif record.metrics is not None or record.sha256 is not None:
-        problems.append('a weight that is not published has no metrics and no sha256')
+        problems.append('a weight that is only a recipe has no metrics and no sha256')
     return problems
 
 
@@ -163,7 +177,18 @@ def _planned(arch: str, tag: str, recipe: str, recipe_args: str = '') -> Pretrai
 
 
 WEIGHTS: Dict[str, PretrainedWeights] = {w.name: w for w in (
-    _planned('resnet32_camc_lt', 'cifar10_lt_r100', 'configs/cifar10_lt_r100.yaml'),
+    # CAMC global + logit adjustment, seed 0, 200 epochs on a 2-core CPU (bf16); validate.py fp32 on the test split
+    PretrainedWeights(
+        arch='resnet32_camc_lt',
+        tag='cifar10_lt_r100',
+        hub_id='timm-camc/resnet32_camc_lt.cifar10_lt_r100',
+        dataset='cifar10_lt_r100',
+        num_classes=10,
+        recipe='configs/cifar10_lt_r100.yaml',
+        status='staged',
+        metrics=dict(top1=70.32, many=74.46, medium=53.75, few=None),
+        sha256='e5536d94ed143e873f6dab6bce8a2014187ed76eb848ba3caeaf1b5b6f60953c',
+    ),
     _planned('resnet32_camc_lt', 'cifar100_lt_r100', 'configs/cifar100_lt_r100.yaml'),
     _planned('resnet50_camc_lt', 'imagenet_lt', 'configs/imagenet_lt_resnext50.yaml', '--model resnet50_camc_lt'),
     _planned('resnet50_camc_lt', 'inat2018', 'configs/inat2018_resnet50.yaml'),
@@ -214,6 +239,8 @@ def markdown_model_table(weights: Optional[List[PretrainedWeights]] = None) -> s
         metrics = w.metrics or {}
         if w.published:
             status = f'published ([{w.hub_id}](https://huggingface.co/{w.hub_id}))'
+        elif w.status == 'staged':
+            status = f'staged, not yet uploaded ([`{w.staged_dir}`]({w.staged_dir}/README.md))'
         else:
             status = f'recipe only (`{w.recipe_options}`)'
         cells = [f'`{w.arch}`', f'`{w.tag}`', DATASETS[w.dataset].name, str(w.num_classes)]

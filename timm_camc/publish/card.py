@@ -92,6 +92,10 @@ against this card as well.
 | classes | {{ num_classes }} | | | {{ sizes.many_shot }} | {{ sizes.medium_shot }} | {{ sizes.few_shot }} |
 {% if class_groups %}
 Accuracy by class group: {{ class_groups }}.
+{% endif %}{% if notes %}
+## Notes
+
+{{ notes }}
 {% endif %}
 ## Training recipe
 
@@ -153,6 +157,7 @@ def model_card(
         hub_id: Optional[str],
         sha256: str,
         size: int,
+        notes: Optional[str] = None,
 ) -> ModelCard:
     """The model card: metadata (licence, tags, datasets, model-index), usage, metrics, recipe, file hash, citation.
 
@@ -164,6 +169,8 @@ def model_card(
         hub_id: The repository the card is for; None writes a placeholder (a folder not yet meant for one).
         sha256: Digest of ``model.safetensors``.
         size: Its size in bytes.
+        notes: Markdown for a "Notes" section after the evaluation (how the weights were made, what they compare
+            to), or None.
     """
     name = f'{checkpoint.arch}.{label.tag}'
     dataset = label.dataset
@@ -222,4 +229,5 @@ def model_card(
         weights_line=card_sha256_line(WEIGHTS_FILE, sha256, size),
         config_file=CONFIG_FILE,
         citation=_CITATION,
+        notes=notes.strip() if notes else None,
     )

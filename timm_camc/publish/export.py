@@ -64,6 +64,8 @@ def export_folder(
         label: Label,
         hub_id: Optional[str],
         secrets: Sequence[str] = (),
+        status: str = 'published',
+        notes: Optional[str] = None,
 ) -> Export:
     """Write the Hub folder of a trained model: weights, timm config (with the weights' sha256) and model card.
 
@@ -76,6 +78,9 @@ def export_folder(
         hub_id: The Hub repository the folder is meant for (usage lines of the card); None when not known yet.
         secrets: Strings that must not appear in any written file (e.g. the Hub token); if one does, the folder
             is emptied and an error raised.
+        status: Status of the registry record returned for official weights: ``'published'`` when the folder is
+            pushed, ``'staged'`` when it is only written.
+        notes: Markdown for the model card's "Notes" section, or None.
     """
     name = f'{checkpoint.arch}.{label.tag}'
     out = Path(folder)
@@ -93,7 +98,7 @@ def export_folder(
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding='utf-8')
 
     card = model_card(model, checkpoint, metrics, label=label, hub_id=hub_id, sha256=sha256,
-                      size=weights.stat().st_size)
+                      size=weights.stat().st_size, notes=notes)
     card.save(str(out / CARD_FILE))
 
     for path in out.iterdir():
@@ -108,7 +113,7 @@ def export_folder(
         record = PretrainedWeights(
             arch=checkpoint.arch, tag=label.tag, hub_id=hub_id, dataset=known.dataset,
             num_classes=checkpoint.num_classes, recipe=known.recipe, recipe_args=known.recipe_args,
-            status='published', sha256=sha256,
+            status=status, sha256=sha256,
             metrics={k: None if metrics[m] is None else round(float(metrics[m]), 2)
                      for k, m in ((k, _REGISTRY_METRICS[k]) for k in METRIC_KEYS)})
     return Export(folder=str(out), name=name, sha256=sha256, record=record)

@@ -507,7 +507,7 @@ def test_checkpoint_metrics_or_arch_mismatch_is_refused(publisher, run, capsys, 
 def test_out_folder_config_card_and_local_dir_load(publisher, run, capsys, caplog, tmp_path):
     out = tmp_path / 'folder'
     code, stdout, _ = _publish(publisher, capsys, caplog, *_inputs(run, tag=None), '--official', '--out', str(out))
-    assert code == 0 and "status='published'" in stdout
+    assert code == 0 and "status='staged'" in stdout and 'hub/staged/resnet32_camc_lt.cifar10_lt_r100' in stdout
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     sha = camc_pretrained.sha256_file(str(out / 'model.safetensors'))
 
@@ -516,7 +516,7 @@ def test_out_folder_config_card_and_local_dir_load(publisher, run, capsys, caplo
     assert config['num_features'] == 64 and config['label_names'] == CLASSES
     assert config['model_args'] == dict(
         num_classes=10, camc='global', norm_classifier=True, cosine_scale=16.0, learn_scale=False, proto_momentum=0.9,
-        camc_topk=32, aux_weight=0.5, in_chans=3, global_pool='avg')
+        camc_topk=32, nonneg_map=False, aux_weight=0.5, in_chans=3, global_pool='avg')
     cfg = config['pretrained_cfg']
     assert cfg['tag'] == 'cifar10_lt_r100' and cfg['input_size'] == [3, 32, 32] and cfg['classifier'] == 'head.fc'
     assert cfg['mean'] == [0.4914, 0.4822, 0.4465] and 'hf_hub_id' not in cfg

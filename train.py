@@ -15,14 +15,12 @@ import argparse
 import json
 import logging
 import os
-import random
 import shlex
 import sys
 import time
 from contextlib import suppress
 from functools import partial
 
-import numpy as np
 import torch
 import torch.nn as nn
 import yaml
@@ -34,20 +32,19 @@ from timm.models import load_checkpoint, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3, load_checkpoint_metadata, NativeScaler, get_outdir, init_distributed_device, \
-    setup_default_logging
+    random_seed, setup_default_logging, unwrap_model
 from timm_camc.data import SAMPLER_NAMES, TRAIN_CROP_MODES, CorruptImageError, InMemoryEvalLoader, \
     InMemoryTrainLoader, create_lt_datasets, create_sampler, create_train_loader, create_train_transform, \
-    decode_images, in_memory_blockers, write_lt_subset
+    RankShard, decode_images, in_memory_blockers, sampler_options, write_lt_subset
 from timm_camc.data.long_tail import PROFILES
 from timm_camc.engine import AtomicCheckpointSaver, NonFiniteLossError, accepts_target, check_finite_state, \
     evaluate, train_one_epoch, write_summary_row
-from timm_camc.loss import CamcLoss, create_loss
+from timm_camc.layers import HEAD_OPTIONS
+from timm_camc.loss import LOSSES, CamcLoss, classifier_loss_kwargs, create_loss, loss_options
 from timm_camc.metrics import LongTailMetrics, default_class_groups
 from timm_camc.utils import camc_model_kwargs, is_camc_model, summarize_load_error
 
 _logger = logging.getLogger('train')
-
-LOSSES = ('ce', 'logit_adjusted', 'balanced_softmax', 'ldam', 'class_balanced')
 
 # The first parser reads only the config file; its values become the defaults of the main parser.
 config_parser = parser = argparse.ArgumentParser(description='Training Config', add_help=False)
@@ -99,16 +96,14 @@ group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='i
 group.add_argument('--drop', type=float, default=0., metavar='PCT', help='dropout on the final features')
 group.add_argument('--drop-path', type=float, default=None, metavar='PCT', help='drop path rate')
 
-group = parser.add_argument_group('CAMC head (models *_camc_lt)')
-group.add_argument('--camc', default='global', choices=('global', 'class', 'target', 'none'),
-                   help="calibration variant ('target': in training only)")
-group.add_argument('--linear-classifier', action='store_true', help='plain linear instead of cosine classifier')
-group.add_argument('--cosine-scale', type=float, default=16., metavar='S', help='scale s of the cosine classifier')
-group.add_argument('--learn-scale', action='store_true', help='learn the scale s')
-group.add_argument('--proto-momentum', type=float, default=0.9, help='EMA momentum of the class prototypes')
-group.add_argument('--camc-topk', type=int, default=32, help="classes of the 'global' calibration (0: all)")
-group.add_argument('--nonneg-map', action='store_true', help='non-negative weights in the calibration map conv')
-group.add_argument('--aux-weight', type=float, default=0.5, help='weight of the auxiliary loss on plain logits')
+group = parser.add_argument_group('CAMC head (models *_camc_lt; the model kwargs of the same names)')
+for option in HEAD_OPTIONS:
+    flag = '--' + option.name.replace('_', '-')
+    if isinstance(option.default, bool):
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=option.default, help=option.help)
+    else:
+        group.add_argument(flag, type=type(option.default), default=option.default, choices=option.choices,
+                           help=option.help)
 
 group = parser.add_argument_group('Long-tail parameters')
 group.add_argument('--lt-imbalance', type=float, default=0., metavar='IF',
@@ -118,7 +113,7 @@ group.add_argument('--lt-seed', type=int, default=0, help='seed of the per-class
 group.add_argument('--sampler', default='instance', choices=SAMPLER_NAMES, help='training sampler')
 group.add_argument('--sampler-power', type=float, default=0.5, help="q of the 'power' sampler (p_j ~ n_j^q)")
 group.add_argument('--repeat-threshold', type=float, default=0.001, help="threshold of the 'repeat_factor' sampler")
-group.add_argument('--loss', default='ce', choices=LOSSES, help='training loss')
+group.add_argument('--loss', default='ce', choices=tuple(LOSSES), help='training loss')
 group.add_argument('--la-tau', type=float, default=1.0, help='tau of the logit-adjusted loss')
 group.add_argument('--ldam-margin', type=float, default=0.5, help='largest LDAM margin')
 group.add_argument('--ldam-scale', type=float, default=None,
@@ -210,14 +205,6 @@ def _parse_args(argv=None):
     return args, args_text
 
 
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Seed every RNG from (seed, epoch, rank): a resumed run replays the interrupted epoch exactly."""
-    s = seed + 1000 * epoch + rank
-    random.seed(s)
-    np.random.seed(s % 2 ** 32)
-    torch.manual_seed(s)
-
-
 def _check_args(args):
     """Errors that need no data: an unknown model, an unreadable checkpoint, options that do not go together."""
     if not args.model.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(args.model):
@@ -232,7 +219,7 @@ def _check_args(args):
             except Exception as e:  # truncated, not a checkpoint, or written by something else
                 raise ValueError(f'{option}: cannot read checkpoint {path} ({type(e).__name__}: '
                                  f'{" ".join(str(e).split())[:200]}); is it complete?') from None
-    if args.loss == 'ldam' and args.learn_scale and not args.linear_classifier and is_camc_model(args.model):
+    if args.loss == 'ldam' and args.learn_scale and args.norm_classifier and is_camc_model(args.model):
         raise ValueError('--loss ldam with --learn-scale: LDAM re-scales the cosine logits by the fixed '
                          '--cosine-scale, which a learned scale would make wrong; drop one of them')
 
@@ -316,7 +303,7 @@ def main(argv=None):
     if args.distributed:
         _logger.info(f'Distributed training: process {args.rank} of {args.world_size}, device {args.device}')
     is_main = args.rank == 0
-    _seed_epoch(args.seed, 0, args.rank)
+    random_seed(args.seed, args.rank)  # every RNG from (seed, epoch, rank): see the epoch loop
     _check_args(args)  # everything is validated before the output folder is made
 
     train_ds, val_ds, lt_info = create_lt_datasets(
@@ -379,12 +366,9 @@ def main(argv=None):
     if args.torchcompile:
         model = torch.compile(model, backend=args.torchcompile)
 
-    sampler_kwargs = dict(
-        power=dict(power=args.sampler_power), progressive=dict(total_epochs=args.epochs),
-        repeat_factor=dict(threshold=args.repeat_threshold)).get(args.sampler, {})
     sampler = create_sampler(
         args.sampler, train_ds.targets, seed=args.seed, num_replicas=args.world_size, rank=args.rank,
-        num_classes=num_classes, **sampler_kwargs)
+        num_classes=num_classes, **sampler_options(args.sampler, vars(args)))
     loader_train, loader_eval = _in_memory_loaders(args, train_ds, val_ds, sampler, data_config, device)
     use_prefetcher = not args.no_prefetcher
     if loader_train is None:
@@ -397,26 +381,22 @@ def main(argv=None):
             use_prefetcher=use_prefetcher, device=device, mean=data_config['mean'], std=data_config['std'],
             re_prob=args.reprob, pin_memory=args.pin_mem, seed=args.seed, rank=args.rank)
     if loader_eval is None and val_ds is not None:
+        # under DDP each rank evaluates its own share, every image once (timm's distributed eval sampler would pad
+        # the shares with repeats that the metrics count twice); the unwrapped model runs them, see below
         loader_eval = create_loader(
-            val_ds, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
+            RankShard(val_ds, args.rank, args.world_size) if args.distributed else val_ds,
+            input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
             is_training=False, interpolation=data_config['interpolation'], mean=data_config['mean'],
-            std=data_config['std'], num_workers=args.workers, distributed=args.distributed,
+            std=data_config['std'], num_workers=args.workers, distributed=False,
             crop_pct=data_config['crop_pct'], pin_memory=args.pin_mem, device=device, use_prefetcher=use_prefetcher)
 
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
                          num_classes=num_classes)
-    loss_kwargs = dict(
-        ce=dict(label_smoothing=args.smoothing), logit_adjusted=dict(tau=args.la_tau), balanced_softmax={},
-        ldam=dict(max_margin=args.ldam_margin, drw_epoch=args.drw_epoch, beta=args.cb_beta),
-        class_balanced=dict(beta=args.cb_beta))[args.loss]
-    if args.loss == 'ldam':
-        # LDAM is defined on cosine logits that it scales itself (Cao et al. use s = 30)
-        cosine = is_camc_model(args.model) and not args.linear_classifier
-        loss_kwargs['scale'] = args.ldam_scale or (30. if cosine else 1.)
-        if cosine:
-            loss_kwargs['logit_scale_in'] = args.cosine_scale
+    cosine = is_camc_model(args.model) and args.norm_classifier
+    loss_kwargs = dict(classifier_loss_kwargs(args.loss, args.cosine_scale if cosine else None),
+                       **loss_options(args.loss, vars(args)))
     train_loss_fn = CamcLoss(create_loss(args.loss, lt_info.class_counts, **loss_kwargs)).to(device)
 
     updates_per_epoch = len(loader_train)
@@ -456,7 +436,7 @@ def main(argv=None):
     try:
         for epoch in range(start_epoch, num_epochs):
             epoch_lr = optimizer.param_groups[0]['lr']  # the rate this epoch trains at (before the step below)
-            _seed_epoch(args.seed, epoch, args.rank)
+            random_seed(args.seed + 1000 * epoch, args.rank)  # a resumed run replays this epoch exactly
             sampler.set_epoch(epoch)
             if isinstance(loader_train, InMemoryTrainLoader):
                 loader_train.set_epoch(epoch)
@@ -473,7 +453,8 @@ def main(argv=None):
             last_epoch = epoch + 1 == num_epochs
             epoch_eval = None  # only this epoch's evaluation: a skipped epoch carries no (stale) metric
             if loader_eval is not None and ((epoch + 1) % args.eval_interval == 0 or last_epoch):
-                eval_model = model_ema.module if model_ema is not None else model
+                # the shares may differ in length: no DDP wrapper (and its per-forward collectives) in evaluation
+                eval_model = model_ema.module if model_ema is not None else unwrap_model(model)
                 epoch_eval = eval_metrics = evaluate(
                     eval_model, loader_eval, metrics, device, amp_autocast=amp_autocast,
                     channels_last=args.channels_last, log_interval=args.log_interval)

@@ -34,7 +34,7 @@ import timm
 import timm_camc  # noqa: F401, registers the models
 from timm.data import create_loader, resolve_data_config
 from timm.utils import init_distributed_device, setup_default_logging
-from timm_camc.data import CorruptImageError, ImageListDataset, read_list_file
+from timm_camc.data import CorruptImageError, RankShard, create_image_dataset, dataset_class_names
 from timm_camc.engine import evaluate
 from timm_camc.metrics import LongTailMetrics, default_class_groups
 from timm_camc.utils import create_eval_model, tau_normalize_
@@ -90,36 +90,6 @@ def load_train_counts(path: str):
     if not isinstance(data, list) or not all(isinstance(c, int) and c >= 0 for c in data):
         raise SystemExit(f'--train-counts {path}: expected a list of class counts')
     return data
-
-
-class RankShard(torch.utils.data.Dataset):
-    """The samples ``rank, rank + world_size, ...`` of a dataset: every sample on exactly one rank, none repeated.
-
-    timm's distributed eval sampler pads the ranks to equal length with repeated samples, which the metrics would
-    count twice. Evaluation needs no equal lengths (the model is not wrapped in DDP; the counts are summed once at the
-    end), so each rank takes its share as it is. ``transform`` reads and sets the wrapped dataset's, so timm's
-    ``create_loader`` configures it as usual.
-    """
-
-    def __init__(self, dataset, rank: int, world_size: int):
-        if not 0 <= rank < world_size:
-            raise ValueError(f'rank {rank} is not in [0, {world_size})')
-        self.dataset = dataset
-        self.indices = range(rank, len(dataset), world_size)
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, transform):
-        self.dataset.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
 
 
 def summarize_load_error(message: str, shown: int = 3) -> str:
@@ -179,13 +149,9 @@ def main(argv=None):
     if args.dataset:
         dataset = timm.data.create_dataset(args.dataset, root=args.data_dir, split=args.split,
                                            download=args.dataset_download)
-    elif args.val_list:
-        dataset = ImageListDataset(args.data_dir, read_list_file(args.val_list))
     else:
-        class_names = ckpt_args.get('class_names')
-        class_to_idx = {n: i for i, n in enumerate(class_names)} if class_names else None
-        dataset = ImageListDataset.from_folder(os.path.join(args.data_dir, args.split), class_to_idx=class_to_idx,
-                                               allow_empty_classes=args.allow_empty_classes)
+        dataset = create_image_dataset(args.data_dir, args.split, args.val_list, ckpt_args.get('class_names'),
+                                       allow_empty_classes=args.allow_empty_classes)
     data_config = resolve_data_config(vars(args), model=model)
     eval_dataset, shard_loader = dataset, False
     if args.distributed and not isinstance(dataset, torch.utils.data.IterableDataset):
@@ -204,7 +170,7 @@ def main(argv=None):
                       log_interval=args.log_interval)
     result.update(model=model_name, checkpoint=args.checkpoint, use_ema=args.use_ema, data_dir=args.data_dir,
                   split=args.val_list or args.split, class_counts=counts, tau_norm=args.tau_norm,
-                  class_names=getattr(dataset, 'class_names', None) or getattr(dataset, 'classes', None))
+                  class_names=dataset_class_names(dataset))
     if args.rank != 0:
         return 0
 

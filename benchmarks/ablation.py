@@ -60,7 +60,7 @@ import timm_camc
 from timm.optim import param_groups_weight_decay
 from timm_camc.data import ImageListDataset, create_sampler, decode_images, long_tail_counts, long_tail_indices
 from timm_camc.data.in_memory import augment_epoch, augment_seed, normalize
-from timm_camc.loss import CamcLoss, create_loss
+from timm_camc.loss import CamcLoss, classifier_loss_kwargs, create_loss
 from timm_camc.metrics import LongTailMetrics, default_class_groups
 
 import ablation_report
@@ -139,8 +139,9 @@ def _camc(variant: str, norm_classifier: bool = True, scale: float = 16.) -> Dic
 
 
 _LA = dict(tau=1.)
-_LDAM_COSINE = dict(max_margin=0.5, scale=30., beta=0.9999)  # LDAM-DRW's own recipe: margins on cosines, scale 30
-_LDAM_LINEAR = dict(max_margin=0.5, scale=1., beta=0.9999)  # raw logits are already scaled (LDAMLoss docstring)
+# LDAM-DRW's own recipe; its scale (30 on cosines, 1 on the raw logits of a linear classifier) comes from the
+# classifier, by timm_camc.loss.classifier_loss_kwargs
+_LDAM = dict(max_margin=0.5, beta=0.9999)
 
 ROWS: Tuple[Row, ...] = (
     Row('ce', 'Plain CE', LINEAR),
@@ -163,10 +164,10 @@ ROWS: Tuple[Row, ...] = (
     Row('camc_global_la_aux1', 'CAMC global (B), auxiliary weight 1, + logit-adjusted CE',
         dict(_camc('global'), aux_weight=1.), 'logit_adjusted', _LA, tier=3, baseline='la_cosine'),
     Row('ldam_drw', 'LDAM-DRW on a linear classifier (margins on raw logits, scale 1)', LINEAR, 'ldam',
-        _LDAM_LINEAR, tier=2),
+        _LDAM, tier=2),
     Row('ldam_drw_norm', 'LDAM-DRW (its normalised classifier, scale 30: the published recipe)', _cosine(16.), 'ldam',
-        _LDAM_COSINE, tier=1),
-    Row('camc_global_ldam_drw', 'CAMC global (B) + LDAM-DRW', _camc('global'), 'ldam', _LDAM_COSINE, tier=1,
+        _LDAM, tier=1),
+    Row('camc_global_ldam_drw', 'CAMC global (B) + LDAM-DRW', _camc('global'), 'ldam', _LDAM, tier=1,
         baseline='ldam_drw_norm'),
 )
 ROW_INDEX = {row.name: i for i, row in enumerate(ROWS)}
@@ -398,13 +399,13 @@ def build_model(row: Row, seed: int) -> nn.Module:
 
 
 def build_loss(row: Row, class_counts: Sequence[int], schedule: Schedule) -> CamcLoss:
-    """``CamcLoss(create_loss(...))``; LDAM gets its DRW epoch from the schedule and, on a cosine classifier, the
-    model's scale as ``logit_scale_in`` (as train.py does)."""
-    kwargs = dict(row.loss_kwargs)
+    """``CamcLoss(create_loss(...))`` with the row's kwargs over what the loss needs to know about the classifier
+    (``classifier_loss_kwargs``, the rule train.py uses); LDAM's DRW epoch comes from the schedule."""
+    cosine = row.model_kwargs.get('norm_classifier', True)
+    kwargs = dict(classifier_loss_kwargs(row.loss, row.model_kwargs.get('cosine_scale', 16.) if cosine else None),
+                  **row.loss_kwargs)
     if row.loss == 'ldam':
         kwargs.setdefault('drw_epoch', schedule.drw_epoch)
-        if row.model_kwargs.get('norm_classifier', True):
-            kwargs.setdefault('logit_scale_in', float(row.model_kwargs.get('cosine_scale', 16.)))
     return CamcLoss(create_loss(row.loss, list(class_counts), **kwargs))
 
 
@@ -439,19 +440,6 @@ def loss_mode(loss_fn: nn.Module, names: Sequence[str]) -> Tuple:
     """The current mode of a criterion: the values of the epoch-dependent attributes ``names``."""
     state = _criterion_state(loss_fn)
     return tuple(state.get(k) for k in names)
-
-
-def _skip_label_check_in_capture(head: nn.Module) -> None:
-    """The head validates labels with a host sync, which a CUDA graph capture forbids; the labels are checked once
-    when the data is loaded, so the check is skipped while capturing (library change suggested in the README notes)."""
-    check = head._check_target
-
-    def check_unless_capturing(target: torch.Tensor, batch_size: int) -> None:
-        capturing = target.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
-        if not capturing:
-            check(target, batch_size)
-
-    head._check_target = check_unless_capturing
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -527,7 +515,6 @@ class RunTrainer:
             model = build_model(spec.row, spec.seed).to(self.device)
             if cfg.channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            _skip_label_check_in_capture(model.head)
             self.model = model.train()
             self.forward = model
             if cfg.compile:

@@ -82,7 +82,7 @@ def run(tmp_path_factory):
         options = yaml.safe_load(f)
     options.update(
         num_classes=10, class_counts=COUNTS, class_names=CLASSES, learn_scale=False, camc_topk=32,
-        linear_classifier=False, model_ema=True, data_dir=f'{LOCAL}/cifar10', output=f'{LOCAL}/output',
+        norm_classifier=True, model_ema=True, data_dir=f'{LOCAL}/cifar10', output=f'{LOCAL}/output',
         config=f'{LOCAL}/timm-camc/configs/cifar10_lt_r100.yaml')
     checkpoint = dict(epoch=199, arch='resnet32_camc_lt', state_dict=raw, state_dict_ema=ema,
                       args=argparse.Namespace(**options), metric=71.23)

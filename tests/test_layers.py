@@ -15,8 +15,8 @@ B, C, H, W, K = 3, 8, 4, 4, 5
 
 def _head(camc='global', norm_classifier=True, num_classes=K, channels=C, dtype=torch.float64, seed=0, topk=32):
     torch.manual_seed(seed)
-    head = CamcHead(
-        channels, num_classes, camc=camc, norm_classifier=norm_classifier, scale=16., topk=topk, dtype=dtype)
+    head = CamcHead(channels, num_classes, camc=camc, norm_classifier=norm_classifier, cosine_scale=16.,
+                    camc_topk=topk, dtype=dtype)
     if head.calib is not None:  # leave the zero init so the reference checks a non-trivial map
         nn.init.normal_(head.calib.conv.weight, std=0.5)
         nn.init.normal_(head.calib.conv.bias, std=0.5)
@@ -267,7 +267,7 @@ def test_camc_loss():
     (dict(camc='D'), 'camc mode'),
     (dict(pool_type=''), 'Pooling can only be disabled'),
     (dict(pool_type='catavgmax'), 'keeps the channel count'),
-    (dict(scale=0.), 'scale'),
+    (dict(cosine_scale=0.), 'scale'),
     (dict(proto_momentum=1.), 'momentum'),
     (dict(aux_weight=-1.), 'aux_weight'),
 ])
@@ -318,3 +318,42 @@ def test_explain_returns_the_maps_behind_the_logits(camc):
     g = torch.einsum('bcn,bn->bc', x.flatten(2), a / a.sum(1, keepdim=True))
     expected = 16. * (F.normalize(g, dim=1) * w[out['classes']]).sum(1)
     torch.testing.assert_close(expected, out['logits'].gather(1, out['classes'][:, None]).squeeze(1))
+
+
+def test_target_calibration_trains_on_the_label_map_and_infers_plain():
+    """Variant C: in training the calibrated feature of the label's map takes the auxiliary loss and the plain logits
+    the main one; without labels (inference) the head is exactly its plain cosine classifier."""
+    torch.manual_seed(0)
+    head = CamcHead(C, K, camc='target', dtype=torch.float64)
+    plain = CamcHead(C, K, camc='none', dtype=torch.float64)
+    plain.load_state_dict(head.state_dict(), strict=False)
+    nn.init.normal_(head.calib.conv.weight, std=0.5)
+    x, y = torch.randn(B, C, H, W, dtype=torch.float64), torch.tensor([0, 3, 3])
+    torch.testing.assert_close(head.eval()(x), plain.eval()(x))
+
+    # the aux logits are the global calibration weighted by the one-hot label (prototypes as before the update)
+    glob = CamcHead(C, K, camc='global', camc_topk=0, dtype=torch.float64)
+    glob.load_state_dict(head.state_dict())
+    head.train()
+    out = head.forward_train(x, y)
+    torch.testing.assert_close(out.logits, plain(x))  # the prediction stays plain
+    assert out.aux_logits is not None and not torch.allclose(out.aux_logits, out.logits)
+    q = F.one_hot(y, K).double()
+    proj_plain, sq_plain, proj, sq = glob.calib(x, glob.global_pool(x), glob.fc.weight, glob.fc.row_scale(), q)
+    torch.testing.assert_close(out.aux_logits, glob.fc.logits_from_projection(proj, sq, glob.fc.row_scale()))
+    CamcLoss(nn.CrossEntropyLoss())(out, y).backward()
+    assert head.calib.conv.weight.grad.abs().sum() > 0  # the map conv learns from the auxiliary loss
+
+
+def test_nonneg_map_uses_the_magnitude_of_the_conv_weights():
+    torch.manual_seed(0)
+    x = torch.randn(B, C, H, W, dtype=torch.float64)
+    free = CamcHead(C, K, camc='global', dtype=torch.float64).eval()
+    nonneg = CamcHead(C, K, camc='global', nonneg_map=True, dtype=torch.float64).eval()
+    assert (nonneg.calib.conv.weight == 1e-4).all()  # near-flat start that still has a gradient
+    nonneg.load_state_dict(free.state_dict())
+    weight = -torch.rand_like(free.calib.conv.weight)  # all negative: the free map is the opposite of the class map
+    nonneg.calib.conv.weight.data.copy_(weight)
+    free.calib.conv.weight.data.copy_(weight.abs())
+    torch.testing.assert_close(nonneg(x), free(x))
+    torch.testing.assert_close(nonneg.explain(x)['calibration'], free.explain(x)['calibration'])

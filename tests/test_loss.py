@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 
 from timm_camc.layers import CamcOutput
@@ -169,7 +170,10 @@ def test_camc_loss_forwards_set_epoch():
     torch.testing.assert_close(out, inner(logits, _targets()) + 0.25 * inner(aux, _targets()))
     criterion.set_epoch(0)
     assert inner.weight is None
-    CamcLoss(nn.CrossEntropyLoss()).set_epoch(5)  # criteria without set_epoch are fine
+    plain = CamcLoss(nn.CrossEntropyLoss())
+    plain.set_epoch(5)  # a criterion without set_epoch is left alone, and still combines both terms
+    torch.testing.assert_close(plain(CamcOutput(logits, aux, 0.25), _targets()),
+                               F.cross_entropy(logits, _targets()) + 0.25 * F.cross_entropy(aux, _targets()))
 
 
 def test_every_loss_has_set_epoch():
@@ -178,6 +182,13 @@ def test_every_loss_has_set_epoch():
         before = loss_fn(_logits(), _targets())
         loss_fn.set_epoch(7)
         torch.testing.assert_close(loss_fn(_logits(), _targets()), before)  # no DRW configured: unchanged
+    # the one loss with an epoch schedule: create_loss passes it on, and set_epoch switches it at that epoch
+    drw = create_loss('ldam', COUNTS, drw_epoch=7)
+    before = drw(_logits(), _targets())
+    drw.set_epoch(6)
+    torch.testing.assert_close(drw(_logits(), _targets()), before)
+    drw.set_epoch(7)
+    assert not torch.allclose(drw(_logits(), _targets()), before)
 
 
 def test_create_loss_ce_hard_and_soft():

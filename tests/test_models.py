@@ -1,6 +1,7 @@
 """timm's model contract (as timm's tests/test_models.py checks it) for every registered CAMC model, at small sizes."""
 import inspect
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import timm
 import timm_camc  # noqa: F401, registers the models
 from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models._manipulate import group_parameters
+
+REPO = Path(__file__).resolve().parent.parent
 
 MODELS = timm.list_models('*camc*')
 ALL_CAMC_MODES = ['global', 'class', 'none']
@@ -323,3 +326,32 @@ def test_head_options_share_the_initialisation():
         assert len(shared) == len(reference), f'{kwargs}: missing {set(reference) - set(state)}'
         for k in shared:
             torch.testing.assert_close(state[k], reference[k], rtol=0, atol=0, msg=f'{kwargs}: {k} differs')
+
+
+def test_head_options_have_one_spelling(tmp_path):
+    """HEAD_OPTIONS is the one definition: CamcHead's kwargs, the model kwargs, train.py's options, the checkpoint
+    reader and config.json's model_args all use its names and defaults."""
+    import importlib.util
+    from timm_camc.layers import HEAD_OPTIONS, CamcHead
+    from timm_camc.publish import camc_head_kwargs
+    from timm_camc.utils import camc_model_kwargs
+
+    params = inspect.signature(CamcHead.__init__).parameters
+    assert {o.name: o.default for o in HEAD_OPTIONS} == {o.name: params[o.name].default for o in HEAD_OPTIONS}
+    with pytest.raises(TypeError, match='cosine_scal.*head options: camc, norm_classifier'):
+        timm.create_model('resnet32_camc_lt', cosine_scal=8.)
+
+    spec = importlib.util.spec_from_file_location('camc_train', REPO / 'train.py')
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    argv = ['--no-norm-classifier', '--cosine-scale', '8', '--camc', 'target', '--nonneg-map', '--camc-topk', '4']
+    args = train.parser.parse_args(argv)
+    kwargs = camc_model_kwargs('resnet32_camc_lt', args)
+    assert kwargs == dict(camc='target', norm_classifier=False, cosine_scale=8., learn_scale=False, proto_momentum=0.9,
+                          camc_topk=4, nonneg_map=True, aux_weight=0.5)
+    model = timm.create_model('resnet32_camc_lt', num_classes=3, **kwargs)
+    assert camc_head_kwargs(model) == kwargs  # what config.json records
+    assert camc_model_kwargs('resnet32_camc_lt', dict(linear_classifier=True))['norm_classifier'] is False  # old runs
+    assert camc_model_kwargs('resnet32', vars(args)) == {}  # plain timm models get no head options
+    readme = (REPO / 'README.md').read_text()
+    assert all(f'| `{o.name}` | ' in readme for o in HEAD_OPTIONS), 'README: the head options table'

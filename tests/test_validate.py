@@ -14,6 +14,7 @@ from PIL import Image
 import timm
 import timm_camc  # noqa: F401, registers the models
 from timm.data.distributed_sampler import OrderedDistributedSampler
+from timm_camc.data import RankShard
 
 from conftest import REPO
 
@@ -88,7 +89,7 @@ def test_summarize_load_error_keeps_short_messages():
 @pytest.mark.parametrize('size, world', [(5, 2), (6, 2), (7, 3), (2, 3)])
 def test_rank_shards_count_each_sample_once(size, world):
     data = list(range(size))
-    shards = [validate.RankShard(data, rank, world) for rank in range(world)]
+    shards = [RankShard(data, rank, world) for rank in range(world)]
     seen = sorted(x for shard in shards for x in (shard[i] for i in range(len(shard))))
     assert seen == data
     # timm's distributed eval sampler repeats samples to even out the ranks whenever world does not divide size
@@ -107,11 +108,11 @@ def test_rank_shard_forwards_the_transform():
             return self.transform(i)
 
     data = Data()
-    shard = validate.RankShard(data, 1, 2)
+    shard = RankShard(data, 1, 2)
     shard.transform = lambda i: i * 10
     assert data.transform is shard.transform and [shard[i] for i in range(len(shard))] == [10]
     with pytest.raises(ValueError, match='rank 2'):
-        validate.RankShard(data, 2, 2)
+        RankShard(data, 2, 2)
 
 
 def _free_port():

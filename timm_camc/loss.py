@@ -8,7 +8,9 @@
   Datasets with Label-Distribution-Aware Margin Loss` - https://arxiv.org/abs/1906.07413 (Cao et al., 2019).
 * ``ClassBalancedCrossEntropy``: cross-entropy weighted by the inverse effective number of samples,
   `Class-Balanced Loss Based on Effective Number of Samples` - https://arxiv.org/abs/1901.05555 (Cui et al., 2019).
-* ``create_loss``: build any of them (or plain cross-entropy) by name.
+* ``create_loss``: build any of them (or plain cross-entropy) by name from ``LOSSES``, which also names the training
+  options each one takes (``loss_options``); ``classifier_loss_kwargs`` holds what a loss must know about the
+  classifier (LDAM's scale).
 
 Every loss takes hard targets (int64 class indices, shape B) or soft targets (B x K probabilities, e.g. from
 timm's ``Mixup``), keeps its per-class tensors as (non-persistent) buffers so ``.to(device)`` moves them, and has
@@ -22,7 +24,8 @@ itself divides by the batch size for probability targets, which would make the t
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
 import math
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -33,8 +36,8 @@ from timm.loss import SoftTargetCrossEntropy
 from timm_camc.layers import CamcOutput
 
 __all__ = [
-    'CamcLoss', 'CrossEntropy', 'LogitAdjustedLoss', 'LDAMLoss', 'ClassBalancedCrossEntropy', 'create_loss',
-    'effective_number_weights',
+    'CamcLoss', 'CrossEntropy', 'LogitAdjustedLoss', 'LDAMLoss', 'ClassBalancedCrossEntropy', 'LOSSES', 'LossEntry',
+    'classifier_loss_kwargs', 'create_loss', 'effective_number_weights', 'loss_options',
 ]
 
 ClassCounts = Union[Sequence[float], torch.Tensor]
@@ -294,15 +297,76 @@ class ClassBalancedCrossEntropy(nn.Module):
         return f'num_classes={self.num_classes}, beta={self.beta}'
 
 
-_NEEDS_COUNTS = ('logit_adjusted', 'balanced_softmax', 'ldam', 'class_balanced')
-_LOSS_NAMES = ('ce',) + _NEEDS_COUNTS
+def _cross_entropy_loss(cls_num_list: Optional[ClassCounts] = None, **kwargs) -> nn.Module:
+    return CrossEntropy(**kwargs)  # the class counts are not used
+
+
+def _balanced_softmax(cls_num_list: ClassCounts, **kwargs) -> nn.Module:
+    if kwargs.pop('tau', 1.) != 1.:
+        raise ValueError("'balanced_softmax' is logit adjustment with tau=1; use 'logit_adjusted' for another tau")
+    return LogitAdjustedLoss(cls_num_list, tau=1., **kwargs)
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """A loss that ``create_loss`` knows.
+
+    Attributes:
+        factory: ``factory(cls_num_list, **kwargs)`` builds the loss.
+        needs_counts: The loss needs the training samples per class.
+        options: Loss kwarg -> the train.py option (argparse dest) it comes from (``loss_options``).
+    """
+    factory: Callable[..., nn.Module]
+    needs_counts: bool = True
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+# the losses, their options and, in classifier_loss_kwargs, what they need to know about the classifier: the one home
+# of these rules for train.py and the ablation
+LOSSES: Dict[str, LossEntry] = {
+    'ce': LossEntry(_cross_entropy_loss, needs_counts=False, options=dict(label_smoothing='smoothing')),
+    'logit_adjusted': LossEntry(LogitAdjustedLoss, options=dict(tau='la_tau')),
+    'balanced_softmax': LossEntry(_balanced_softmax),
+    'ldam': LossEntry(LDAMLoss, options=dict(
+        max_margin='ldam_margin', scale='ldam_scale', drw_epoch='drw_epoch', beta='cb_beta')),
+    'class_balanced': LossEntry(ClassBalancedCrossEntropy, options=dict(beta='cb_beta')),
+}
+
+
+def _loss_key(name: str) -> str:
+    key = name.lower().replace('-', '_')
+    if key not in LOSSES:
+        raise ValueError(f'Unknown loss {name!r}, expected one of {", ".join(LOSSES)}')
+    return key
+
+
+def loss_options(name: str, options: Mapping[str, Any]) -> Dict[str, Any]:
+    """The kwargs of loss ``name`` from training options (e.g. ``vars(args)`` of train.py); unset (None) ones are left
+    to the loss's defaults."""
+    entry = LOSSES[_loss_key(name)]
+    return {kwarg: options[opt] for kwarg, opt in entry.options.items() if options.get(opt) is not None}
+
+
+def classifier_loss_kwargs(name: str, cosine_scale: Optional[float]) -> Dict[str, Any]:
+    """What loss ``name`` needs to know about the classifier it trains (defaults that explicit kwargs override).
+
+    LDAM puts its margins on cosine similarities and scales them itself: on a cosine classifier of scale ``s``
+    (``cosine_scale``) it divides the logits by ``s`` first (``logit_scale_in``) and uses scale 30 (Cao et al.);
+    on a linear classifier (``cosine_scale=None``) the logits are already scaled, so scale 1. Other losses need
+    nothing.
+    """
+    if _loss_key(name) != 'ldam':
+        return {}
+    if cosine_scale is None:
+        return dict(scale=1.)
+    return dict(scale=30., logit_scale_in=float(cosine_scale))
 
 
 def create_loss(name: str, cls_num_list: Optional[ClassCounts] = None, **kwargs) -> nn.Module:
     """Creates a loss by name.
 
-    Names: 'ce' (``CrossEntropy``; kwarg ``label_smoothing``), 'logit_adjusted' (``LogitAdjustedLoss``; kwarg
-    ``tau``), 'balanced_softmax' (``LogitAdjustedLoss`` with ``tau=1``), 'ldam' (``LDAMLoss``; its kwargs) and
+    Names (``LOSSES``): 'ce' (``CrossEntropy``; kwarg ``label_smoothing``), 'logit_adjusted' (``LogitAdjustedLoss``;
+    kwarg ``tau``), 'balanced_softmax' (``LogitAdjustedLoss`` with ``tau=1``), 'ldam' (``LDAMLoss``; its kwargs) and
     'class_balanced' (``ClassBalancedCrossEntropy``; kwarg ``beta``). Wrap the result in ``CamcLoss`` to train a
     CAMC model with its auxiliary loss.
 
@@ -311,19 +375,7 @@ def create_loss(name: str, cls_num_list: Optional[ClassCounts] = None, **kwargs)
         cls_num_list: Training samples per class; required by every loss but 'ce', which ignores it.
         **kwargs: Passed to the loss class.
     """
-    key = name.lower().replace('-', '_')
-    if key not in _LOSS_NAMES:
-        raise ValueError(f'Unknown loss {name!r}, expected one of {", ".join(_LOSS_NAMES)}')
-    if key in _NEEDS_COUNTS and cls_num_list is None:
+    entry = LOSSES[_loss_key(name)]
+    if entry.needs_counts and cls_num_list is None:
         raise ValueError(f'Loss {name!r} needs cls_num_list (the number of training samples per class)')
-    if key == 'ce':
-        return CrossEntropy(**kwargs)
-    if key == 'logit_adjusted':
-        return LogitAdjustedLoss(cls_num_list, **kwargs)
-    if key == 'balanced_softmax':
-        if kwargs.pop('tau', 1.) != 1.:
-            raise ValueError("'balanced_softmax' is logit adjustment with tau=1; use 'logit_adjusted' for another tau")
-        return LogitAdjustedLoss(cls_num_list, tau=1., **kwargs)
-    if key == 'ldam':
-        return LDAMLoss(cls_num_list, **kwargs)
-    return ClassBalancedCrossEntropy(cls_num_list, **kwargs)
+    return entry.factory(cls_num_list, **kwargs)

@@ -14,36 +14,27 @@ import torch.nn as nn
 import timm
 from timm.models import load_checkpoint
 
-from .layers import NormedLinear
+from .layers import HEAD_OPTIONS, NormedLinear
 
 __all__ = [
-    'CAMC_ARG_NAMES', 'CAMC_MODEL_KWARGS', 'camc_model_kwargs', 'checkpoint_args', 'create_eval_model',
+    'camc_model_kwargs', 'checkpoint_args', 'create_eval_model',
     'read_checkpoint', 'read_checkpoint_args', 'tau_normalize_',
 ]
 
 _logger = logging.getLogger(__name__)
 
-# training option -> model kwarg, for models with a CAMC head
-CAMC_ARG_NAMES = dict(
-    camc='camc', cosine_scale='cosine_scale', learn_scale='learn_scale', proto_momentum='proto_momentum',
-    camc_topk='camc_topk', nonneg_map='nonneg_map', aux_weight='aux_weight',
-)
-# every model kwarg of the CAMC head (train.py's --linear-classifier sets norm_classifier)
-CAMC_MODEL_KWARGS = ('camc', 'norm_classifier', *(k for k in CAMC_ARG_NAMES.values() if k != 'camc'))
-
-
 def camc_model_kwargs(model_name: str, args: Any) -> Dict[str, Any]:
-    """Model kwargs of the CAMC head from training options (an argparse namespace or a dict of them).
+    """Model kwargs of the CAMC head (``HEAD_OPTIONS``, same names) from training options: an argparse namespace or
+    a dict of them, such as a checkpoint's.
 
     Empty for models without a CAMC head, so the same options also drive plain timm baselines.
     """
-    if '_camc_' not in model_name:
+    if not is_camc_model(model_name):
         return {}
-    values = args if isinstance(args, dict) else vars(args)
-    kwargs = {kwarg: values[name] for name, kwarg in CAMC_ARG_NAMES.items() if values.get(name) is not None}
-    if values.get('linear_classifier') is not None:
-        kwargs['norm_classifier'] = not values['linear_classifier']
-    return kwargs
+    values = dict(args if isinstance(args, dict) else vars(args))
+    if 'norm_classifier' not in values and values.get('linear_classifier') is not None:
+        values['norm_classifier'] = not values['linear_classifier']  # checkpoints from before --no-norm-classifier
+    return {o.name: values[o.name] for o in HEAD_OPTIONS if values.get(o.name) is not None}
 
 
 def read_checkpoint(path: str) -> Any:

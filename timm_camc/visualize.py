@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from timm.data import create_transform, resolve_data_config
 
-from timm_camc.data import ImageListDataset, dataset_targets, read_list_file
+from timm_camc.data import create_image_dataset, dataset_class_names, dataset_targets
 from timm_camc.utils import create_eval_model
 
 __all__ = [
@@ -399,7 +399,7 @@ def dataset_cam_overlays(
     if bad:
         raise ValueError(f'indices outside the dataset (0..{len(dataset) - 1}): {bad[:10]}')
     if class_names is None:
-        class_names = getattr(dataset, 'class_names', None) or getattr(dataset, 'classes', None)
+        class_names = dataset_class_names(dataset)
     images, targets = _raw_items(dataset, indices)
     return cam_overlays(model, images, targets, out_dir, class_names=class_names, indices=indices, **kwargs)
 
@@ -638,12 +638,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model, ckpt_args = create_eval_model(
         args.model, args.checkpoint, num_classes=args.num_classes, use_ema=args.use_ema, pretrained=args.pretrained)
     model.to(args.device)
-    class_names = ckpt_args.get('class_names')
-    if args.val_list:
-        dataset = ImageListDataset(args.data_dir, read_list_file(args.val_list), class_names=class_names)
-    else:
-        class_to_idx = {n: i for i, n in enumerate(class_names)} if class_names else None
-        dataset = ImageListDataset.from_folder(os.path.join(args.data_dir, args.split), class_to_idx=class_to_idx)
+    dataset = create_image_dataset(args.data_dir, args.split, args.val_list, ckpt_args.get('class_names'))
     paths = dataset_cam_overlays(
         model, dataset, args.out_dir, count=args.count, indices=args.indices,
         data_config=resolve_data_config(model=model), batch_size=args.batch_size, min_size=args.min_size,

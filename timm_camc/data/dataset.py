@@ -13,7 +13,10 @@ from PIL import Image
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.data.readers.reader_image_folder import find_images_and_targets
 
-__all__ = ['CorruptImageError', 'DatasetView', 'ImageListDataset', 'LongTailSubset', 'dataset_targets']
+__all__ = [
+    'CorruptImageError', 'DatasetView', 'ImageListDataset', 'LongTailSubset', 'RankShard', 'dataset_class_names',
+    'dataset_targets',
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -156,6 +159,27 @@ class DatasetView(torch.utils.data.Dataset):
         self.dataset.transform = transform
 
 
+class RankShard(DatasetView):
+    """The samples ``rank, rank + world_size, ...`` of a dataset: every sample on exactly one rank, none repeated.
+
+    timm's distributed eval sampler pads the ranks to equal length with repeated samples, which the metrics would
+    count twice. Evaluation needs no equal lengths (the model is not wrapped in DDP; the counts are summed once at the
+    end), so each rank takes its share as it is.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank {rank} is not in [0, {world_size})')
+        super().__init__(dataset)
+        self.indices = range(rank, len(dataset), world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+
 class LongTailSubset(DatasetView):
     """A subset of a labelled dataset that keeps ``targets`` and forwards ``transform`` to the source dataset."""
 
@@ -164,7 +188,7 @@ class LongTailSubset(DatasetView):
         self.indices = list(indices)
         source_targets = dataset_targets(dataset)
         self.targets = [int(source_targets[i]) for i in self.indices]
-        self.class_names = getattr(dataset, 'class_names', None) or getattr(dataset, 'classes', None)
+        self.class_names = dataset_class_names(dataset)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -188,3 +212,8 @@ def dataset_targets(dataset: torch.utils.data.Dataset) -> List[int]:
         raise TypeError(f'{type(dataset).__name__} does not expose its labels (no `targets`): a long-tailed '
                         f'subset or a class-aware sampler needs them')
     return [int(t) for t in targets]
+
+
+def dataset_class_names(dataset: torch.utils.data.Dataset) -> Optional[List[str]]:
+    """The class names of a dataset in label order: ours (``class_names``) or torchvision's (``classes``); None."""
+    return getattr(dataset, 'class_names', None) or getattr(dataset, 'classes', None)

@@ -6,16 +6,16 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch.utils.data
 
 from timm.data import create_dataset
 
-from .dataset import ImageListDataset, LongTailSubset, dataset_targets
+from .dataset import ImageListDataset, LongTailSubset, dataset_class_names, dataset_targets
 from .long_tail import long_tail_counts, long_tail_indices, read_list_file, write_list_file
 
-__all__ = ['LongTailInfo', 'create_lt_datasets', 'class_counts_of', 'write_lt_subset']
+__all__ = ['LongTailInfo', 'create_image_dataset', 'create_lt_datasets', 'class_counts_of', 'write_lt_subset']
 
 _logger = logging.getLogger(__name__)
 
@@ -61,10 +61,24 @@ def class_counts_of(targets: List[int], num_classes: int) -> List[int]:
     return counts
 
 
-def _folder_or_list(root: str, split: str, list_file: str, class_to_idx=None, **kwargs) -> ImageListDataset:
+def create_image_dataset(
+        root: str,
+        split: str = '',
+        list_file: str = '',
+        class_names: Optional[Sequence[str]] = None,
+        **kwargs,
+) -> ImageListDataset:
+    """Images from a list file under ``root`` (``relative/path label`` lines) or the class-per-folder tree
+    ``root/split``: the one builder of train.py's, validate.py's and the CAM tool's datasets.
+
+    ``class_names`` (the training set's, or a checkpoint's) fixes the label order, so an evaluation split is labelled
+    as the model was trained; a folder of a class not in it is an error (see ``ImageListDataset.from_folder``).
+    Other kwargs go to ``ImageListDataset`` (``skip_corrupt``; ``allow_empty_classes`` for folders).
+    """
     if list_file:
         kwargs.pop('allow_empty_classes', None)
-        return ImageListDataset(root, read_list_file(list_file), **kwargs)
+        return ImageListDataset(root, read_list_file(list_file), class_names=class_names, **kwargs)
+    class_to_idx = {n: i for i, n in enumerate(class_names)} if class_names else None
     return ImageListDataset.from_folder(os.path.join(root, split), class_to_idx=class_to_idx, **kwargs)
 
 
@@ -112,10 +126,7 @@ def create_lt_datasets(
         if not os.path.isdir(data_dir):
             raise FileNotFoundError(f'Data folder not found: {data_dir!r}')
         options = dict(skip_corrupt=skip_corrupt, allow_empty_classes=allow_empty_classes)
-        train_ds = _folder_or_list(data_dir, train_split, train_list, **options)
-        class_to_idx = None
-        if train_ds.class_names is not None:
-            class_to_idx = {n: i for i, n in enumerate(train_ds.class_names)}
+        train_ds = create_image_dataset(data_dir, train_split, train_list, **options)
         val_ds = None
         if val_list or val_split:
             if not val_list and not os.path.isdir(os.path.join(data_dir, val_split)):
@@ -123,10 +134,10 @@ def create_lt_datasets(
                 raise FileNotFoundError(
                     f'Validation folder not found: {os.path.join(data_dir, val_split)!r} (folders there: {splits}). '
                     f"Name it with --val-split, e.g. --val-split test, or --val-split '' to train without one")
-            val_ds = _folder_or_list(data_dir, val_split, val_list, class_to_idx, **options)
+            val_ds = create_image_dataset(data_dir, val_split, val_list, train_ds.class_names, **options)
 
     targets = dataset_targets(train_ds)
-    class_names = getattr(train_ds, 'class_names', None) or getattr(train_ds, 'classes', None)
+    class_names = dataset_class_names(train_ds)
     num_classes = num_classes or (len(class_names) if class_names else max(targets) + 1)
     bad = sorted({t for t in targets if not 0 <= t < num_classes})
     if bad:

@@ -1,10 +1,12 @@
 from .camc import (
     CALIBRATIONS,
+    HEAD_DEFAULTS,
+    HEAD_OPTIONS,
     CamcHead,
     CamcOutput,
     ClassCalibration,
     GlobalCalibration,
-    LinearClassifier,
-    NormedLinear,
-    l2_normalize,
+    HeadOption,
+    TargetCalibration,
 )
+from .classifier import LinearClassifier, NormedLinear, l2_normalize

@@ -35,8 +35,8 @@ prototype update touches only the rows of the classes in the batch.
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
-import math
-from typing import Dict, Final, NamedTuple, Optional, Tuple, Type
+from dataclasses import dataclass
+from typing import Any, Dict, Final, NamedTuple, Optional, Tuple, Type
 
 import torch
 import torch.distributed as dist
@@ -45,10 +45,11 @@ import torch.nn.functional as F
 
 from timm.layers import SelectAdaptivePool2d
 
+from .classifier import LinearClassifier, NormedLinear, _sq_norm, _upcast, l2_normalize
+
 __all__ = [
-    'CamcOutput', 'NormedLinear', 'LinearClassifier', 'GlobalCalibration', 'TargetCalibration', 'ClassCalibration',
-    'CamcHead',
-    'l2_normalize', 'check_class_indices', 'CALIBRATIONS',
+    'CamcOutput', 'GlobalCalibration', 'TargetCalibration', 'ClassCalibration', 'CamcHead', 'HeadOption',
+    'check_class_indices', 'CALIBRATIONS', 'HEAD_OPTIONS', 'HEAD_DEFAULTS',
 ]
 
 
@@ -64,20 +65,6 @@ class CamcOutput(NamedTuple):
     logits: torch.Tensor
     aux_logits: Optional[torch.Tensor]
     aux_weight: float
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """At least float32: reductions (norms, softmax) never run in half precision."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
-    """L2-normalise along ``dim``, computing the norm in float32 and returning the input dtype.
-
-    Squares overflow float16 beyond 256 and the default ``1e-12`` eps underflows it, so the norm is never
-    taken in reduced precision.
-    """
-    return F.normalize(_upcast(x), dim=dim, eps=eps).to(x.dtype)
 
 
 def check_class_indices(labels: torch.Tensor, num_classes: int, what: str = 'labels') -> None:
@@ -98,89 +85,11 @@ def check_class_indices(labels: torch.Tensor, num_classes: int, what: str = 'lab
         raise ValueError(f'{what} out of range [0, {num_classes}): {int(bad.sum())} value(s): {shown}')
 
 
-def _sq_norm(x: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm over the last dim, kept as a column, in at least float32."""
-    return _upcast(x).pow(2).sum(-1, keepdim=True)
-
-
 def _standardise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Zero-mean, unit-variance over the last dim (the spatial positions of a map)."""
     mean = x.mean(-1, keepdim=True)
     std = x.std(-1, correction=0, keepdim=True)
     return (x - mean) / (std + eps)
-
-
-class NormedLinear(nn.Module):
-    """Cosine classifier: ``logits_k = s * <w_k / |w_k|, x / |x|>``.
-
-    Weights are initialised like ``nn.Linear`` (uniform +-1/sqrt(in_features)): with normalised weights the
-    weight norm sets the effective learning rate of the weight direction, so the init must match a linear
-    baseline for comparisons to be fair.
-    """
-
-    def __init__(
-            self,
-            in_features: int,
-            out_features: int,
-            scale: float = 16.,
-            learn_scale: bool = False,
-            device=None,
-            dtype=None,
-    ):
-        """
-        Args:
-            in_features: Feature dimension.
-            out_features: Number of classes.
-            scale: The scalar ``s`` multiplying the cosine similarities.
-            learn_scale: Make ``s`` a trainable parameter initialised at ``scale``.
-        """
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        if scale <= 0:
-            raise ValueError(f'NormedLinear scale must be positive, got {scale}')
-        self.in_features = in_features
-        self.out_features = out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **dd))
-        if learn_scale:
-            self.scale = nn.Parameter(torch.full((), float(scale), **dd))
-        else:
-            self.scale = float(scale)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-
-    def row_scale(self) -> torch.Tensor:
-        """``1 / |w_k|`` per class. The rows are never normalised into a K x C copy: at large K that copy and its
-        backward cost more memory traffic than the matrix product itself."""
-        norm = torch.linalg.vector_norm(_upcast(self.weight), dim=1)
-        return norm.clamp_min(1e-6).reciprocal().to(self.weight.dtype)
-
-    def logits_from_projection(
-            self, proj: torch.Tensor, sq_norm: torch.Tensor, row_scale: torch.Tensor,
-    ) -> torch.Tensor:
-        """Logits from raw projections ``<w_k, g>`` (B x K), ``|g|^2`` (B x 1 or B x K) and ``row_scale()``."""
-        inv_feat_norm = torch.rsqrt(_upcast(sq_norm).clamp_min(1e-12)).to(proj.dtype)
-        return self.scale * proj * inv_feat_norm * row_scale.to(proj.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits_from_projection(F.linear(x, self.weight), _sq_norm(x), self.row_scale())
-
-    def extra_repr(self) -> str:
-        return f'in_features={self.in_features}, out_features={self.out_features}, scale={float(self.scale):.4g}'
-
-
-class LinearClassifier(nn.Linear):
-    """``nn.Linear`` with the two hooks a calibration needs, so CAMC also runs on a plain linear classifier."""
-
-    def row_scale(self) -> torch.Tensor:
-        """Class maps of a linear classifier use the raw weights."""
-        return torch.ones_like(self.weight[:, 0])
-
-    def logits_from_projection(
-            self, proj: torch.Tensor, sq_norm: torch.Tensor, row_scale: torch.Tensor,
-    ) -> torch.Tensor:
-        return proj + self.bias
 
 
 class _Calibration(nn.Module):
@@ -391,12 +300,49 @@ CALIBRATIONS: Dict[str, Type[_Calibration]] = {
 }
 
 
+@dataclass(frozen=True)
+class HeadOption:
+    """One option of the CAMC head, under one name everywhere: the ``CamcHead`` and model kwarg, the train.py option
+    (``--name-with-dashes``; booleans also as ``--no-...``), the checkpoint's recorded options and ``config.json``'s
+    ``model_args``.
+
+    Attributes:
+        name: The option's name.
+        default: Its default (its type is the option's type).
+        help: One line for ``--help``.
+        choices: The allowed values, for a string option that has a fixed set.
+    """
+    name: str
+    default: Any
+    help: str
+    choices: Optional[Tuple[str, ...]] = None
+
+
+# the head's options, once: CamcHead's signature, the models, train.py, the checkpoint readers and the publisher
+# follow this table (a test checks CamcHead's signature against it)
+HEAD_OPTIONS: Tuple[HeadOption, ...] = (
+    HeadOption('camc', 'global', "calibration: 'global' (variant B), 'class' (A), 'target' (C, in training only) or "
+                                 "'none'", choices=(*CALIBRATIONS, 'none')),
+    HeadOption('norm_classifier', True, 'cosine-normalised classifier (--no-norm-classifier: plain linear)'),
+    HeadOption('cosine_scale', 16., 'the scale s of the cosine classifier'),
+    HeadOption('learn_scale', False, 'learn the scale s'),
+    HeadOption('proto_momentum', 0.9, 'EMA momentum of the class prototypes'),
+    HeadOption('camc_topk', 32, "'global' calibration over the most probable classes only (0: all classes)"),
+    HeadOption('nonneg_map', False, 'non-negative weights in the map conv: the map can only highlight what the class '
+                                    'and prototype maps highlight'),
+    HeadOption('aux_weight', 0.5, 'weight of the auxiliary loss (on the plain logits; the calibrated ones for '
+                                  "'target')"),
+)
+HEAD_DEFAULTS: Dict[str, Any] = {o.name: o.default for o in HEAD_OPTIONS}
+
+
 class CamcHead(nn.Module):
     """Pooling + (cosine) classifier + optional CAM calibration.
 
     ``forward(x)`` maps an unpooled feature map to logits and needs no labels. In training,
     ``forward_train(x, target)`` also updates the class prototypes and returns the logits of the auxiliary loss
-    (the plain logits; for the training-only ``'target'`` calibration, the calibrated ones). ``num_classes=0`` gives pooled features, and ``pool_type=''`` with it the unpooled map.
+    (the plain logits; for the training-only ``'target'`` calibration, the calibrated ones). ``num_classes=0`` gives
+    pooled features, and ``pool_type=''`` with it the unpooled map.
     """
     class_tensors = ('fc.weight', 'fc.bias', 'calib.prototypes')  # state-dict entries sized by num_classes
 
@@ -407,10 +353,10 @@ class CamcHead(nn.Module):
             pool_type: str = 'avg',
             camc: Optional[str] = 'global',
             norm_classifier: bool = True,
-            scale: float = 16.,
+            cosine_scale: float = 16.,
             learn_scale: bool = False,
             proto_momentum: float = 0.9,
-            topk: int = 32,
+            camc_topk: int = 32,
             nonneg_map: bool = False,
             aux_weight: float = 0.5,
             drop_rate: float = 0.,
@@ -424,10 +370,10 @@ class CamcHead(nn.Module):
             pool_type: Global pooling for the plain logits and pre-logits ('' only with ``num_classes=0``).
             camc: Calibration variant, one of ``CALIBRATIONS`` ('global', 'class', 'target'), or None / '' / 'none'.
             norm_classifier: Cosine classifier with scale ``s`` (True) or a plain linear one (False).
-            scale: The cosine classifier scale ``s``.
+            cosine_scale: The cosine classifier scale ``s``.
             learn_scale: Learn ``s``.
             proto_momentum: EMA momentum of the class prototypes.
-            topk: 'global' calibration over the ``topk`` most probable classes only (0: all classes).
+            camc_topk: 'global' calibration over the ``camc_topk`` most probable classes only (0: all classes).
             nonneg_map: Non-negative weights in the map conv ``phi``: ``A`` can only highlight what the class and
                 prototype maps highlight.
             aux_weight: Weight of the auxiliary loss (carried in ``CamcOutput``).
@@ -456,14 +402,15 @@ class CamcHead(nn.Module):
             self.fc = nn.Identity()
         else:
             if norm_classifier:
-                self.fc = NormedLinear(pooled_features, num_classes, scale=scale, learn_scale=learn_scale, **dd)
+                self.fc = NormedLinear(
+                    pooled_features, num_classes, scale=cosine_scale, learn_scale=learn_scale, **dd)
             else:
                 self.fc = LinearClassifier(pooled_features, num_classes, **dd)
             if camc is not None:
                 if pooled_features != in_features:
                     raise ValueError(f'CAMC needs a pooling that keeps the channel count, not {pool_type!r}')
                 self.calib = CALIBRATIONS[camc](
-                    in_features, num_classes, momentum=proto_momentum, topk=topk, nonneg_map=nonneg_map, **dd)
+                    in_features, num_classes, momentum=proto_momentum, topk=camc_topk, nonneg_map=nonneg_map, **dd)
 
     def reset_parameters(self) -> None:
         if hasattr(self.fc, 'reset_parameters'):

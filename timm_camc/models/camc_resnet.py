@@ -28,7 +28,7 @@ from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, make_blocks
 
 from timm_camc.pretrained import prepare_pretrained
-from timm_camc.layers import CamcHead
+from timm_camc.layers import HEAD_DEFAULTS, CamcHead
 from timm_camc.weights import HUB_ORG
 
 __all__ = ['CamcResNet']
@@ -67,16 +67,9 @@ class CamcResNet(ResNet):
             drop_block_rate: float = 0.,
             zero_init_last: bool = True,
             block_args: Optional[Dict[str, Any]] = None,
-            camc: str = 'global',
-            norm_classifier: bool = True,
-            cosine_scale: float = 16.,
-            learn_scale: bool = False,
-            proto_momentum: float = 0.9,
-            camc_topk: int = 32,
-            nonneg_map: bool = False,
-            aux_weight: float = 0.5,
             device=None,
             dtype=None,
+            **head_options,
     ):
         """
         Args:
@@ -98,22 +91,19 @@ class CamcResNet(ResNet):
             drop_block_rate: DropBlock rate.
             zero_init_last: Zero-init the last BN of each residual branch.
             block_args: Extra kwargs for the blocks.
-            camc: Calibration variant ('global' = CAMC.md variant B, 'class' = variant A, 'target' = variant C, in
-                training only) or 'none'. (timm's
-                ``create_model`` drops kwargs that are None, so None would select the default.)
-            norm_classifier: Cosine-normalised classifier (True) or plain linear (False).
-            cosine_scale: Scale ``s`` of the cosine classifier.
-            learn_scale: Learn ``s``.
-            proto_momentum: EMA momentum of the class prototypes.
-            camc_topk: 'global' calibration over the most probable ``camc_topk`` classes only (0: all classes).
-            nonneg_map: Non-negative weights in the calibration's map conv (the map can only highlight what the
-                class and prototype maps highlight).
-            aux_weight: Weight of the auxiliary cross-entropy on the plain classifier logits.
+            **head_options: Options of the CAMC head, by the names of ``timm_camc.layers.HEAD_OPTIONS`` (``camc``,
+                ``norm_classifier``, ``cosine_scale``, ``learn_scale``, ``proto_momentum``, ``camc_topk``,
+                ``nonneg_map``, ``aux_weight``; see ``CamcHead``). Pass ``camc='none'``, not None: timm's
+                ``create_model`` drops kwargs that are None.
         """
         # ResNet.__init__ hard-codes the 64-channel ImageNet stem and timm's linear head; both are built here
         # from timm's parts, and the rest of ResNet's behaviour is inherited.
         nn.Module.__init__(self)
         dd = {'device': device, 'dtype': dtype}
+        unknown = sorted(set(head_options) - set(HEAD_DEFAULTS))
+        if unknown:
+            raise TypeError(f'{type(self).__name__} got unexpected keyword argument(s) {", ".join(unknown)} (head '
+                            f'options: {", ".join(HEAD_DEFAULTS)})')
         if stem_type not in _STEM_STRIDE:
             raise ValueError(f'Unknown stem_type {stem_type!r}, expected one of {sorted(_STEM_STRIDE)}')
         if output_stride not in (8, 16, 32):
@@ -173,17 +163,7 @@ class CamcResNet(ResNet):
 
         # Head (initialises itself)
         self.num_features = channels[-1] * block_fns[-1].expansion
-        self.head_args = dict(
-            camc=camc,
-            norm_classifier=norm_classifier,
-            scale=cosine_scale,
-            learn_scale=learn_scale,
-            proto_momentum=proto_momentum,
-            topk=camc_topk,
-            nonneg_map=nonneg_map,
-            aux_weight=aux_weight,
-            drop_rate=drop_rate,
-        )
+        self.head_args = dict(HEAD_DEFAULTS, **head_options, drop_rate=drop_rate)
         self.head = CamcHead(self.num_features, num_classes, pool_type=global_pool, **self.head_args, **dd)
         self.head_hidden_size = self.num_features * self.head.global_pool.feat_mult()
 

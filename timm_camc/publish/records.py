@@ -13,7 +13,6 @@ from the architecture and class count alone:
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
-import inspect
 import json
 import logging
 import math
@@ -31,7 +30,8 @@ import yaml
 import timm
 from timm.models import clean_state_dict, get_model_args, split_model_name_tag
 
-from ..utils import CAMC_MODEL_KWARGS, camc_model_kwargs, checkpoint_args, is_camc_model, read_checkpoint
+from ..layers import HEAD_DEFAULTS
+from ..utils import camc_model_kwargs, checkpoint_args, is_camc_model, read_checkpoint
 from ..weights import DATASETS, Dataset, PretrainedWeights, find_weights
 
 __all__ = [
@@ -373,9 +373,8 @@ def camc_head_kwargs(model: nn.Module) -> Dict[str, Any]:
     Recording all of them (not only those given) in ``config.json`` keeps a published head reproducible if a default
     ever changes.
     """
-    params = inspect.signature(type(model).__init__).parameters
     given = get_model_args(model)
-    return {n: given.get(n, params[n].default) for n in CAMC_MODEL_KWARGS}
+    return {name: given.get(name, default) for name, default in HEAD_DEFAULTS.items()}
 
 
 def build_trained_model(checkpoint: TrainedCheckpoint, tag: str) -> nn.Module:

@@ -14,6 +14,7 @@ import timm
 import timm_camc
 from timm.data import create_transform, resolve_data_config
 from timm_camc import visualize as viz
+from timm_camc.visualize.plot import _legend_label
 from timm_camc.data import ImageListDataset
 from timm_camc.metrics import LongTailMetrics
 
@@ -238,6 +239,6 @@ def test_legend_names_shot_and_class_groups_apart():
     """The shot-based medium and the class-group medium keep distinct names in the plot legend."""
     result = dict(top1=50., many_shot=70., medium_shot=40., few_shot=None,
                   class_groups={'head': 80., 'medium': 45., 'tail': 20.})
-    assert viz._legend_label('CE', result) == (
+    assert _legend_label('CE', result) == (
         'CE: top-1 50.0, many-shot 70.0, medium-shot 40.0, head classes 80.0, medium classes 45.0, tail classes 20.0')
-    assert viz._legend_label('CE', {}) == 'CE'
+    assert _legend_label('CE', {}) == 'CE'

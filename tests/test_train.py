@@ -375,3 +375,27 @@ def test_validate_refuses_an_empty_class_folder_unless_allowed(cifar10_small, tm
     res = _run(*args, '--allow-empty-classes', '--results-file', str(tmp_path / 'r.json'))
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tmp_path / 'r.json').read_text())['num_samples'] == 180
+
+
+def test_registries_name_real_train_options():
+    """The loss and sampler registries map their kwargs from train.py options: each one must exist there, and a
+    parsed command line reaches the loss and the sampler under the registry's kwarg names."""
+    import importlib.util
+    from timm_camc.data import SAMPLERS, sampler_options
+    from timm_camc.loss import LOSSES, classifier_loss_kwargs, loss_options
+
+    spec = importlib.util.spec_from_file_location('camc_train_options', REPO / 'train.py')
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    dests = {a.dest for a in train.parser._actions}
+    for registry in (LOSSES, SAMPLERS):
+        for name, entry in registry.items():
+            assert set(entry.options.values()) <= dests, (name, set(entry.options.values()) - dests)
+    assert {a.choices for a in train.parser._actions if a.dest == 'loss'} == {tuple(LOSSES)}
+
+    args = vars(train.parser.parse_args(['--loss', 'ldam', '--ldam-margin', '0.3', '--drw-epoch', '7',
+                                         '--sampler', 'power', '--sampler-power', '0.25', '--epochs', '9']))
+    assert loss_options('ldam', args) == dict(max_margin=0.3, drw_epoch=7, beta=0.9999)  # --ldam-scale unset
+    assert dict(classifier_loss_kwargs('ldam', 16.), **loss_options('ldam', args))['scale'] == 30.
+    assert sampler_options('power', args) == dict(power=0.25)
+    assert sampler_options('progressive', args) == dict(total_epochs=9)

@@ -31,7 +31,7 @@ from timm.data import Mixup, create_loader, resolve_data_config
 from timm.models import load_checkpoint, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import ModelEmaV3, load_checkpoint_metadata, NativeScaler, get_outdir, init_distributed_device, \
+from timm.utils import ModelEmaV3, NativeScaler, get_outdir, init_distributed_device, \
     random_seed, setup_default_logging, unwrap_model
 from timm_camc.data import SAMPLER_NAMES, TRAIN_CROP_MODES, CorruptImageError, InMemoryEvalLoader, \
     InMemoryTrainLoader, create_lt_datasets, create_sampler, create_train_loader, create_train_transform, \
@@ -42,7 +42,7 @@ from timm_camc.engine import AtomicCheckpointSaver, NonFiniteLossError, accepts_
 from timm_camc.layers import HEAD_OPTIONS
 from timm_camc.loss import LOSSES, CamcLoss, classifier_loss_kwargs, create_loss, loss_options
 from timm_camc.metrics import LongTailMetrics, default_class_groups
-from timm_camc.utils import camc_model_kwargs, is_camc_model, summarize_load_error
+from timm_camc.utils import camc_model_kwargs, is_camc_model, read_checkpoint, summarize_load_error
 
 _logger = logging.getLogger('train')
 
@@ -215,7 +215,8 @@ def _check_args(args):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f'{option}: checkpoint not found: {path}')
             try:
-                load_checkpoint_metadata(path)
+                # (timm.utils.load_checkpoint_metadata does this from timm 1.0.31; setup.cfg allows 1.0.29)
+                read_checkpoint(path)
             except Exception as e:  # truncated, not a checkpoint, or written by something else
                 raise ValueError(f'{option}: cannot read checkpoint {path} ({type(e).__name__}: '
                                  f'{" ".join(str(e).split())[:200]}); is it complete?') from None

@@ -28,7 +28,7 @@ import torch.nn as nn
 import yaml
 
 import timm
-from timm.models import clean_state_dict, get_model_args, split_model_name_tag
+from timm.models import clean_state_dict, split_model_name_tag
 
 from ..layers import HEAD_DEFAULTS
 from ..utils import camc_model_kwargs, checkpoint_args, is_camc_model, read_checkpoint
@@ -368,13 +368,13 @@ def resolve_label(
 # -------------------------------------------------------------------------------------------------------- model
 
 def camc_head_kwargs(model: nn.Module) -> Dict[str, Any]:
-    """Every CAMC head kwarg of a model made by ``timm.create_model``: as created, else the constructor's default.
+    """Every CAMC head option of a CAMC model, as it was created (the defaults filled in).
 
     Recording all of them (not only those given) in ``config.json`` keeps a published head reproducible if a default
-    ever changes.
+    ever changes. They are read from the model's own record (``head_args``): timm records the kwargs of
+    ``create_model`` (``timm.models.get_model_args``) only from 1.0.30, and setup.cfg allows 1.0.29.
     """
-    given = get_model_args(model)
-    return {name: given.get(name, default) for name, default in HEAD_DEFAULTS.items()}
+    return {name: model.head_args[name] for name in HEAD_DEFAULTS}
 
 
 def build_trained_model(checkpoint: TrainedCheckpoint, tag: str) -> nn.Module:

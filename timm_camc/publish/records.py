@@ -372,7 +372,7 @@ def camc_head_kwargs(model: nn.Module) -> Dict[str, Any]:
 
     Recording all of them (not only those given) in ``config.json`` keeps a published head reproducible if a default
     ever changes. They are read from the model's own record (``head_args``): timm records the kwargs of
-    ``create_model`` (``timm.models.get_model_args``) only from 1.0.30, and setup.cfg allows 1.0.29.
+    ``create_model`` (``timm.models.get_model_args``) only from 1.0.31, and setup.cfg allows 1.0.29.
     """
     return {name: model.head_args[name] for name in HEAD_DEFAULTS}
 

@@ -101,7 +101,9 @@ def _table(records: Sequence[Mapping[str, Any]]) -> List[str]:
     by_row: Dict[str, List[Mapping[str, Any]]] = {}
     for rec in sorted(records, key=lambda r: (r.get('row_order', 99), r['row'], r['seed'])):
         by_row.setdefault(rec['row'], []).append(rec)
+    corr = any(r.get('map_cam_corr') is not None for r in records)  # CAMC rows of runs that measured it
     header = ['Row', 'Method', 'Classifier', 'Loss', 'Seeds'] + [name for _, name in METRICS] + ['Δ top-1 (paired)']
+    header += ['A vs CAM'] if corr else []
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     notes = []
     for name, recs in by_row.items():
@@ -120,6 +122,9 @@ def _table(records: Sequence[Mapping[str, Any]]) -> List[str]:
                                      if r.get('top1') is not None and base_by_seed.get(r['seed']) is not None)
                 delta = f'{_fmt(diffs, signed=True)} vs `{first["baseline"]}` ({per_seed})'
         cells.append(delta)
+        if corr:
+            values = [r['map_cam_corr'] for r in recs if r.get('map_cam_corr') is not None]
+            cells.append(f'{statistics.fmean(values):+.2f}' if values else '—')
         lines.append('| ' + ' | '.join(cells) + ' |')
         for r in recs:
             if not r.get('complete', r['epochs_completed'] == r['epochs']):
@@ -159,7 +164,10 @@ def render(records: Sequence[Mapping[str, Any]], benchmark: bool = False) -> str
         out += _table(recs)
         out += ['', 'Accuracies in %, mean ± standard deviation over seeds (one value: one seed). Head / medium / '
                     'tail: classes 0-2 / 3-6 / 7-9; many / medium / few-shot: > 100, 20-100, < 20 training images. '
-                    'Δ top-1: the row minus its plain counterpart, per seed (same initialisation and data order).',
+                    'Δ top-1: the row minus its plain counterpart, per seed (same initialisation and data order).'
+                + (' A vs CAM: median over the test images of the spatial correlation between the calibration map A '
+                   'and the CAM of the predicted class (mean over seeds).'
+                   if any(r.get('map_cam_corr') is not None for r in recs) else ''),
                 '']
     return '\n'.join(out).rstrip() + '\n'
 

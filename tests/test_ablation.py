@@ -201,7 +201,10 @@ def test_cpu_run_writes_records_and_report(cifar10_small, work_dir, tmp_path):
         assert rec['data']['class_counts'] == counts and rec['data']['imbalance'] == 12
         assert rec['recipe']['steps_per_epoch'] == sum(counts) // 16 == 2
     assert [r['row'] for r in doc['records']] == ['ce', 'camc_global']
+    ce, camc = doc['records']
+    assert ce['map_cam_corr'] is None and -1 <= camc['map_cam_corr'] <= 1  # measured for the CAMC row only
     text = ablation_report.render(ablation_report.load_records([str(path)]))
+    assert '| A vs CAM |' in text and f'| {camc["map_cam_corr"]:+.2f} |' in text
     assert '`cpu-dry-run`' in text and 'CPU dry run' in text and '`camc_global`' in text
     assert 'vs `cosine_s16`' not in text  # no counterpart in this run, no paired difference
     with pytest.raises(ablation_report.NotBenchmarkError):

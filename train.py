@@ -282,6 +282,21 @@ def _in_memory_loaders(args, train_ds, val_ds, sampler, data_config, device):
     return loader_train, loader_eval
 
 
+def _check_pad_crop(dataset, input_size, padding: int = 4) -> None:
+    """The 'pad' recipe crops the input size from the training images padded by ``padding`` (create_train_transform's
+    default): images far smaller than the model's input (a timm model's 224 px default on 32 px CIFAR images) would
+    fail in a loader worker, so say it here, with the fix."""
+    image = dataset[0][0]  # no transform is set yet: the image as read
+    if not hasattr(image, 'size'):
+        return
+    width, height = image.size
+    if height + 2 * padding < input_size[1] or width + 2 * padding < input_size[2]:
+        raise ValueError(
+            f'--train-crop-mode pad crops {input_size[2]}x{input_size[1]} (the model\'s input size) from the training '
+            f'images, {width}x{height} padded by {padding}: pass --img-size {max(width, height)}, or --train-crop-mode '
+            f'rrc for images larger than the input')
+
+
 def _model_kwargs(args, num_classes):
     pretrained = args.pretrained or bool(args.pretrained_path)
     kwargs = dict(num_classes=num_classes, drop_rate=args.drop, pretrained=pretrained)
@@ -373,6 +388,8 @@ def main(argv=None):
     loader_train, loader_eval = _in_memory_loaders(args, train_ds, val_ds, sampler, data_config, device)
     use_prefetcher = not args.no_prefetcher
     if loader_train is None:
+        if args.train_crop_mode == 'pad':
+            _check_pad_crop(train_ds, data_config['input_size'])
         train_transform = create_train_transform(
             data_config['input_size'], train_crop_mode=args.train_crop_mode, use_prefetcher=use_prefetcher,
             mean=data_config['mean'], std=data_config['std'], hflip=args.hflip, scale=args.scale,

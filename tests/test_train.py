@@ -399,3 +399,28 @@ def test_registries_name_real_train_options():
     assert dict(classifier_loss_kwargs('ldam', 16.), **loss_options('ldam', args))['scale'] == 30.
     assert sampler_options('power', args) == dict(power=0.25)
     assert sampler_options('progressive', args) == dict(total_epochs=9)
+
+
+def test_plain_timm_model_trains_and_tau_norm_validates(cifar10_small, tmp_path):
+    """A plain timm model goes through train.py with the recipe's (CAMC) options ignored, and validate.py's post-hoc
+    tau-normalisation works on its linear classifier (it is refused on a cosine one, see above)."""
+    too_big = _run(*_train_args(cifar10_small, tmp_path, 'plain', '--model', 'resnet10t', '--epochs', '1'))
+    assert too_big.returncode == 2 and 'pass --img-size 32' in too_big.stderr.strip().splitlines()[-1], too_big.stderr
+    assert not (tmp_path / 'plain').exists()  # the error comes before any output
+    res = _run(*_train_args(cifar10_small, tmp_path, 'plain', '--model', 'resnet10t', '--img-size', '32',
+                            '--epochs', '1', '--camc', 'global', '--cosine-scale', '8'))  # head options: ignored
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = _state(tmp_path / 'plain' / 'last.pth.tar')
+    assert 'fc.weight' in state and not any('calib' in k for k in state)  # timm's own linear head
+    checkpoint = str(tmp_path / 'plain' / 'last.pth.tar')
+    results = {}
+    for tau in ('0', '1'):
+        out = tmp_path / f'tau{tau}.json'
+        val = _run(sys.executable, 'validate.py', '--model', 'resnet10t', '--checkpoint', checkpoint,
+                   '--img-size', '32', '--data-dir', str(cifar10_small), '--split', 'test', '--results-file', str(out),
+                   *(['--tau-norm', tau] if tau != '0' else []))
+        assert val.returncode == 0, val.stderr[-3000:]
+        results[tau] = json.loads(out.read_text())
+    assert results['1']['tau_norm'] == 1.0 and results['0']['tau_norm'] is None
+    assert results['1']['num_samples'] == results['0']['num_samples'] == 200
+    assert results['1']['per_class'] != results['0']['per_class']  # the rescaled weight norms change predictions

@@ -23,7 +23,6 @@ import csv
 import json
 import logging
 import os
-import re
 import sys
 from contextlib import suppress
 from functools import partial
@@ -37,7 +36,7 @@ from timm.utils import init_distributed_device, setup_default_logging
 from timm_camc.data import CorruptImageError, RankShard, create_image_dataset, dataset_class_names
 from timm_camc.engine import evaluate
 from timm_camc.metrics import LongTailMetrics, default_class_groups
-from timm_camc.utils import create_eval_model, tau_normalize_
+from timm_camc.utils import create_eval_model, summarize_load_error, tau_normalize_
 
 _logger = logging.getLogger('validate')
 
@@ -90,28 +89,6 @@ def load_train_counts(path: str):
     if not isinstance(data, list) or not all(isinstance(c, int) and c >= 0 for c in data):
         raise SystemExit(f'--train-counts {path}: expected a list of class counts')
     return data
-
-
-def summarize_load_error(message: str, shown: int = 3) -> str:
-    """One line for a ``load_state_dict`` error: the count of mismatched, missing and unexpected tensors and the
-    first ``shown`` of each, instead of one line per tensor."""
-    head, _, body = message.partition('Error(s) in loading state_dict')
-    if not body:
-        lines = message.strip().splitlines()
-        return lines[0] + (f' (... {len(lines) - 1} more lines)' if len(lines) > 1 else '')
-    parts = []
-    sizes = re.findall(r'size mismatch for ([^:\s]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) from '
-                       r'checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))', body)
-    if sizes:
-        first = ', '.join(f'{k} (checkpoint {a}, model {b})' for k, a, b in sizes[:shown])
-        parts.append(f'{len(sizes)} tensor(s) of another shape: size mismatch for {first}'
-                     + (', ...' if len(sizes) > shown else ''))
-    for label, what in (('Missing key(s)', 'missing from the checkpoint'), ('Unexpected key(s)', 'not in the model')):
-        match = re.search(re.escape(label) + r' in state_dict: (.*?)\.\s*(?:\n|$)', body)
-        keys = re.findall(r'"([^"]+)"', match.group(1)) if match else []
-        if keys:
-            parts.append(f'{len(keys)} {what}: {", ".join(keys[:shown])}' + (', ...' if len(keys) > shown else ''))
-    return head.strip().rstrip(':') + ': ' + '; '.join(parts or [body.strip().splitlines()[0]])
 
 
 def main(argv=None):

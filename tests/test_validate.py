@@ -15,11 +15,9 @@ import timm
 import timm_camc  # noqa: F401, registers the models
 from timm.data.distributed_sampler import OrderedDistributedSampler
 from timm_camc.data import RankShard
+from timm_camc.utils import summarize_load_error
 
 from conftest import REPO
-
-sys.path.insert(0, str(REPO))
-import validate  # noqa: E402
 
 
 def _env(**extra):
@@ -73,15 +71,15 @@ def test_bad_checkpoints_give_one_line(tmp_path):
 
 
 def test_summarize_load_error_keeps_short_messages():
-    assert validate.summarize_load_error('no EMA weights') == 'no EMA weights'
-    assert validate.summarize_load_error('a\nb\nc') == 'a (... 2 more lines)'
+    assert summarize_load_error('no EMA weights') == 'no EMA weights'
+    assert summarize_load_error('a\nb\nc') == 'a (... 2 more lines)'
     model = timm.create_model('resnet32_camc_lt', num_classes=3, camc='none')
     state = model.state_dict()
     del state['conv1.weight']
     state['extra.weight'] = torch.zeros(1)
     with pytest.raises(RuntimeError) as info:
         model.load_state_dict(state)
-    line = validate.summarize_load_error(f'Checkpoint x does not fit y: {info.value}')
+    line = summarize_load_error(f'Checkpoint x does not fit y: {info.value}')
     assert line == ('Checkpoint x does not fit y: 1 missing from the checkpoint: conv1.weight; '
                     '1 not in the model: extra.weight')
 

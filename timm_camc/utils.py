@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -132,20 +132,27 @@ def is_camc_model(model_name: str) -> bool:
     return timm.models.model_entrypoint(arch).__module__.startswith('timm_camc.')
 
 
-def summarize_load_error(error: Exception, shown: int = 3) -> str:
-    """One line from ``load_state_dict``'s error: how many tensors mismatch, missing and unexpected, first few named."""
-    text = str(error)
-    mismatched = re.findall(r'size mismatch for ([\w.]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) '
-                            r'from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)', text)
+def summarize_load_error(error: Union[str, Exception], shown: int = 3) -> str:
+    """One line for a ``load_state_dict`` error, or a message that contains one: the count of mismatched, missing and
+    unexpected tensors and the first ``shown`` of each, instead of one line per tensor. Any text before the error is
+    kept; another message keeps its first line."""
+    message = str(error)
+    head, _, body = message.partition('Error(s) in loading state_dict')
+    if not body:
+        lines = message.strip().splitlines()
+        return lines[0] + (f' (... {len(lines) - 1} more lines)' if len(lines) > 1 else '')
     parts = []
-    if mismatched:
-        first = ', '.join(f'{n} {a} in the checkpoint vs {b} here' for n, a, b in mismatched[:shown])
-        parts.append(f'{len(mismatched)} tensors differ in shape ({first}' + (', ...)' if len(mismatched) > shown
-                                                                             else ')'))
-    for label in ('Missing', 'Unexpected'):
-        match = re.search(rf'{label} key\(s\) in state_dict: (.*?)\.\s*(?:$|\n|Unexpected|size mismatch)', text)
-        if match:
-            keys = re.findall(r'"([^"]+)"', match.group(1))
-            parts.append(f'{len(keys)} {label.lower()} ({", ".join(keys[:shown])}' + (', ...)' if len(keys) > shown
-                                                                                    else ')'))
-    return '; '.join(parts) or ' '.join(text.split())[:300]
+    sizes = re.findall(r'size mismatch for ([^:\s]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) from '
+                       r'checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))', body)
+    if sizes:
+        first = ', '.join(f'{k} (checkpoint {a}, model {b})' for k, a, b in sizes[:shown])
+        parts.append(f'{len(sizes)} tensor(s) of another shape: size mismatch for {first}'
+                     + (', ...' if len(sizes) > shown else ''))
+    for label, what in (('Missing key(s)', 'missing from the checkpoint'), ('Unexpected key(s)', 'not in the model')):
+        match = re.search(re.escape(label) + r' in state_dict: (.*?)\.\s*(?:\n|$)', body)
+        keys = re.findall(r'"([^"]+)"', match.group(1)) if match else []
+        if keys:
+            parts.append(f'{len(keys)} {what}: {", ".join(keys[:shown])}' + (', ...' if len(keys) > shown else ''))
+    summary = '; '.join(parts or [body.strip().splitlines()[0]])
+    head = head.strip().rstrip(':')
+    return f'{head}: {summary}' if head else summary

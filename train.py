@@ -35,7 +35,7 @@ from timm.utils import ModelEmaV3, NativeScaler, get_outdir, init_distributed_de
     random_seed, setup_default_logging, unwrap_model
 from timm_camc.data import SAMPLER_NAMES, TRAIN_CROP_MODES, CorruptImageError, InMemoryEvalLoader, \
     InMemoryTrainLoader, create_lt_datasets, create_sampler, create_train_loader, create_train_transform, \
-    RankShard, decode_images, in_memory_blockers, sampler_options, write_lt_subset
+    RankShard, check_pad_crop, decode_images, in_memory_blockers, sampler_options, write_lt_subset
 from timm_camc.data.long_tail import PROFILES
 from timm_camc.engine import AtomicCheckpointSaver, NonFiniteLossError, accepts_target, check_finite_state, \
     evaluate, train_one_epoch, write_summary_row
@@ -282,21 +282,6 @@ def _in_memory_loaders(args, train_ds, val_ds, sampler, data_config, device):
     return loader_train, loader_eval
 
 
-def _check_pad_crop(dataset, input_size, padding: int = 4) -> None:
-    """The 'pad' recipe crops the input size from the training images padded by ``padding`` (create_train_transform's
-    default): images far smaller than the model's input (a timm model's 224 px default on 32 px CIFAR images) would
-    fail in a loader worker, so say it here, with the fix."""
-    image = dataset[0][0]  # no transform is set yet: the image as read
-    if not hasattr(image, 'size'):
-        return
-    width, height = image.size
-    if height + 2 * padding < input_size[1] or width + 2 * padding < input_size[2]:
-        raise ValueError(
-            f'--train-crop-mode pad crops {input_size[2]}x{input_size[1]} (the model\'s input size) from the training '
-            f'images, {width}x{height} padded by {padding}: pass --img-size {max(width, height)}, or --train-crop-mode '
-            f'rrc for images larger than the input')
-
-
 def _model_kwargs(args, num_classes):
     pretrained = args.pretrained or bool(args.pretrained_path)
     kwargs = dict(num_classes=num_classes, drop_rate=args.drop, pretrained=pretrained)
@@ -389,7 +374,7 @@ def main(argv=None):
     use_prefetcher = not args.no_prefetcher
     if loader_train is None:
         if args.train_crop_mode == 'pad':
-            _check_pad_crop(train_ds, data_config['input_size'])
+            check_pad_crop(train_ds, data_config['input_size'])
         train_transform = create_train_transform(
             data_config['input_size'], train_crop_mode=args.train_crop_mode, use_prefetcher=use_prefetcher,
             mean=data_config['mean'], std=data_config['std'], hflip=args.hflip, scale=args.scale,

@@ -60,6 +60,7 @@ import timm_camc
 from timm.optim import param_groups_weight_decay
 from timm_camc.data import ImageListDataset, create_sampler, decode_images, long_tail_counts, long_tail_indices
 from timm_camc.data.in_memory import augment_epoch, augment_seed, normalize
+from timm_camc.layers import HEAD_DEFAULTS
 from timm_camc.loss import CamcLoss, classifier_loss_kwargs, create_loss
 from timm_camc.metrics import LongTailMetrics, default_class_groups
 
@@ -405,8 +406,8 @@ def build_model(row: Row, seed: int) -> nn.Module:
 def build_loss(row: Row, class_counts: Sequence[int], schedule: Schedule) -> CamcLoss:
     """``CamcLoss(create_loss(...))`` with the row's kwargs over what the loss needs to know about the classifier
     (``classifier_loss_kwargs``, the rule train.py uses); LDAM's DRW epoch comes from the schedule."""
-    cosine = row.model_kwargs.get('norm_classifier', True)
-    kwargs = dict(classifier_loss_kwargs(row.loss, row.model_kwargs.get('cosine_scale', 16.) if cosine else None),
+    head = dict(HEAD_DEFAULTS, **row.model_kwargs)
+    kwargs = dict(classifier_loss_kwargs(row.loss, head['cosine_scale'] if head['norm_classifier'] else None),
                   **row.loss_kwargs)
     if row.loss == 'ldam':
         kwargs.setdefault('drw_epoch', schedule.drw_epoch)

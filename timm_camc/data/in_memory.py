@@ -24,10 +24,12 @@ from timm.data.transforms import ToNumpy
 
 __all__ = [
     'InMemoryEvalLoader', 'InMemoryTrainLoader', 'augment_batches', 'augment_epoch', 'augment_seed', 'crop_flip',
-    'decode_images', 'in_memory_blockers', 'normalize', 'random_crop_flip_params',
+    'decode_images', 'in_memory_blockers', 'normalize', 'random_crop_flip_params', 'PAD_CROP_PADDING',
 ]
 
 _logger = logging.getLogger(__name__)
+
+PAD_CROP_PADDING = 4  # the CIFAR recipe's zero padding before the random crop, for both training paths
 
 
 def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -238,7 +240,7 @@ class InMemoryTrainLoader:
             device: torch.device = torch.device('cpu'),
             mean: Sequence[float] = (0.485, 0.456, 0.406),
             std: Sequence[float] = (0.229, 0.224, 0.225),
-            padding: int = 4,
+            padding: int = PAD_CROP_PADDING,
             hflip: float = 0.5,
             seed: int = 0,
             rank: int = 0,

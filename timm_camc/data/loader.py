@@ -25,11 +25,33 @@ from timm.data.loader import PrefetchLoader, _worker_init, fast_collate
 from timm.data.transforms import MaybeToTensor, ToNumpy
 
 from .dataset import DatasetView
-from .in_memory import augment_seed
+from .in_memory import PAD_CROP_PADDING, augment_seed
 
-__all__ = ['SeededDataset', 'SeededSampler', 'create_train_loader', 'create_train_transform', 'TRAIN_CROP_MODES']
+__all__ = [
+    'SeededDataset', 'SeededSampler', 'check_pad_crop', 'create_train_loader', 'create_train_transform',
+    'TRAIN_CROP_MODES',
+]
 
 TRAIN_CROP_MODES = ('pad', 'rrc', 'rkrc')
+
+
+def check_pad_crop(dataset: torch.utils.data.Dataset, input_size: Tuple[int, int, int],
+                   padding: int = PAD_CROP_PADDING) -> None:
+    """Raise a ValueError naming the fix when the 'pad' recipe cannot crop ``input_size`` from the dataset's images.
+
+    The recipe crops the input size from the images padded by ``padding``: images far smaller than the model's input
+    (a timm model's 224 px default on 32 px CIFAR images) would otherwise fail inside a loader worker. The first
+    image stands for all of them; call it before a transform is set, so it is the image as read.
+    """
+    image = dataset[0][0]
+    if not hasattr(image, 'size'):
+        return
+    width, height = image.size
+    if height + 2 * padding < input_size[1] or width + 2 * padding < input_size[2]:
+        raise ValueError(
+            f'--train-crop-mode pad crops {input_size[2]}x{input_size[1]} (the model\'s input size) from the training '
+            f'images, {width}x{height} padded by {padding}: pass --img-size {max(width, height)}, or --train-crop-mode '
+            f'rrc for images larger than the input')
 
 
 def create_train_transform(
@@ -39,7 +61,7 @@ def create_train_transform(
         mean: Tuple[float, ...] = (0.485, 0.456, 0.406),
         std: Tuple[float, ...] = (0.229, 0.224, 0.225),
         hflip: float = 0.5,
-        padding: int = 4,
+        padding: int = PAD_CROP_PADDING,
         **kwargs,
 ) -> Callable:
     """Training transform: timm's ``create_transform``, plus the CIFAR recipe ('pad': pad by ``padding`` pixels,

@@ -21,7 +21,7 @@ class SamplerEntry:
         required: Kwargs that must be given -> what they mean, for the error message.
         options: Sampler kwarg -> the train.py option (argparse dest) it comes from (``sampler_options``).
     """
-    factory: Callable[..., 'LongTailSampler']
+    factory: Callable[..., LongTailSampler]
     fixed: Mapping[str, Any] = field(default_factory=dict)
     required: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, str] = field(default_factory=dict)

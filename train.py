@@ -104,6 +104,9 @@ for option in HEAD_OPTIONS:
     else:
         group.add_argument(flag, type=type(option.default), default=option.default, choices=option.choices,
                            help=option.help)
+group.add_argument('--calib-warmup', type=int, default=0, metavar='EPOCHS',
+                   help='train the plain classifier alone for the first EPOCHS epochs, then switch the calibration '
+                        'on (its map conv stays at its flat start until then)')
 
 group = parser.add_argument_group('Long-tail parameters')
 group.add_argument('--lt-imbalance', type=float, default=0., metavar='IF',
@@ -400,7 +403,8 @@ def main(argv=None):
     cosine = is_camc_model(args.model) and args.norm_classifier
     loss_kwargs = dict(classifier_loss_kwargs(args.loss, args.cosine_scale if cosine else None),
                        **loss_options(args.loss, vars(args)))
-    train_loss_fn = CamcLoss(create_loss(args.loss, lt_info.class_counts, **loss_kwargs)).to(device)
+    train_loss_fn = CamcLoss(
+        create_loss(args.loss, lt_info.class_counts, **loss_kwargs), calib_warmup=args.calib_warmup).to(device)
 
     updates_per_epoch = len(loader_train)
     lr_scheduler, num_epochs = create_scheduler_v2(

@@ -102,6 +102,8 @@ class Row:
             epochs) and, with a cosine classifier, ``logit_scale_in`` from the model's ``cosine_scale``.
         loss_kwargs: Kwargs of the loss.
         sampler: ``timm_camc.data.create_sampler`` name.
+        calib_warmup: Fraction of the epochs trained as the plain classifier before the calibration joins
+            (``CamcLoss``'s ``calib_warmup``, in epochs of the schedule).
         tier: Priority when the time budget cannot hold every run (0 first). Tier 0 is the central comparison:
             does CAMC beat the plain normalised classifier, alone and with logit adjustment. Tier 3: the method
             candidates of issue 12 (run when named).
@@ -113,6 +115,7 @@ class Row:
     loss: str = 'ce'
     loss_kwargs: Mapping[str, Any] = field(default_factory=dict)
     sampler: str = 'instance'
+    calib_warmup: float = 0.
     tier: int = 0
     baseline: str = ''
 
@@ -166,6 +169,12 @@ ROWS: Tuple[Row, ...] = (
         dict(_camc('global'), aux_weight=1.), 'logit_adjusted', _LA, tier=3, baseline='la_cosine'),
     Row('camc_nonneg_la_aux1', 'CAMC global (B), non-negative map conv, auxiliary weight 1, + logit-adjusted CE',
         dict(_camc('global'), nonneg_map=True, aux_weight=1.), 'logit_adjusted', _LA, tier=3, baseline='la_cosine'),
+    Row('camc_global_la_warm25', 'CAMC global (B), calibrating after a warm-up of 25 % of the epochs, + LA',
+        _camc('global'), 'logit_adjusted', _LA, calib_warmup=0.25, tier=3, baseline='la_cosine'),
+    Row('camc_batch_la', 'CAMC batch (D: correlation across the batch in training) + logit-adjusted CE',
+        _camc('batch'), 'logit_adjusted', _LA, tier=3, baseline='la_cosine'),
+    Row('camc_global_bq', 'CAMC global (B), maps from the balanced (logit-adjusted) prediction, plain CE',
+        dict(_camc('global'), balanced_q=True), tier=3, baseline='camc_global'),
     Row('camc_global_la_m99', 'CAMC global (B), prototype momentum 0.99, + logit-adjusted CE',
         dict(_camc('global'), proto_momentum=0.99), 'logit_adjusted', _LA, tier=3, baseline='la_cosine'),
     Row('la_cosine_s32', 'Logit-adjusted CE (tau=1) + normalised classifier s=32', _cosine(32.), 'logit_adjusted', _LA,
@@ -235,6 +244,10 @@ class Schedule:
     @property
     def milestones(self) -> Tuple[int, ...]:
         return tuple(int(round(f * self.epochs)) for f in self.decay_at)
+
+    def epoch_at(self, fraction: float) -> int:
+        """The epoch a fraction of the way through the run."""
+        return int(round(fraction * self.epochs))
 
     @property
     def drw_epoch(self) -> int:
@@ -415,13 +428,17 @@ def build_loss(row: Row, class_counts: Sequence[int], schedule: Schedule) -> Cam
                   **row.loss_kwargs)
     if row.loss == 'ldam':
         kwargs.setdefault('drw_epoch', schedule.drw_epoch)
-    return CamcLoss(create_loss(row.loss, list(class_counts), **kwargs))
+    return CamcLoss(create_loss(row.loss, list(class_counts), **kwargs),
+                    calib_warmup=schedule.epoch_at(row.calib_warmup))
 
 
 def _criterion_state(loss_fn: nn.Module) -> Dict[str, Any]:
-    criterion = getattr(loss_fn, 'criterion', loss_fn)
-    return {k: v for k, v in vars(criterion).items()
-            if not k.startswith('_') and isinstance(v, (bool, int, float, str, type(None)))}
+    """The plain attributes of the loss and of the criterion it wraps (e.g. ``calibrating``, ``drw_active``)."""
+    state = {}
+    for module in (loss_fn, getattr(loss_fn, 'criterion', loss_fn)):
+        state.update({k: v for k, v in vars(module).items()
+                      if not k.startswith('_') and isinstance(v, (bool, int, float, str, type(None)))})
+    return state
 
 
 def loss_modes(loss_fn: nn.Module, epochs: int) -> Tuple[Tuple[str, ...], Dict[Tuple, int]]:
@@ -569,6 +586,7 @@ class RunTrainer:
         criterion = self.loss_fn.criterion
         if self.spec.row.loss == 'ldam' and 'drw_epoch' not in self.spec.row.loss_kwargs:
             criterion.drw_epoch = schedule.drw_epoch
+        self.loss_fn.calib_warmup = schedule.epoch_at(self.spec.row.calib_warmup)
 
     def reset(self) -> None:
         """Back to the initial weights, buffers and empty momentum, in place (captured graphs stay valid)."""

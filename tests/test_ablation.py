@@ -105,6 +105,10 @@ def test_rows_build_and_ldam_follows_schedule():
     names, modes = ablation.loss_modes(ablation.build_loss(ROWS['ldam_drw'], counts, schedule), 200)
     assert names == ('drw_active',) and modes == {(False,): 0, (True,): 160}
     assert ablation.loss_modes(ablation.build_loss(ROWS['la_cosine'], counts, schedule), 200) == ((), {(): 0})
+    # a calibration warm-up is a loss mode too: 25 % of 200 epochs train the plain classifier alone
+    warm = ablation.build_loss(ROWS['camc_global_la_warm25'], counts, schedule)
+    assert warm.calib_warmup == 50
+    assert ablation.loss_modes(warm, 200) == (('calibrating',), {(False,): 0, (True,): 50})
     assert {r.name for r in ablation.ROWS} >= {'ce', 'cosine_s8', 'cosine_s16', 'cosine_s32', 'camc_global',
                                                'camc_class', 'camc_global_linear', 'la_linear', 'la_cosine',
                                                'ldam_drw', 'camc_global_la', 'camc_global_ldam_drw'}

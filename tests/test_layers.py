@@ -13,10 +13,11 @@ from timm_camc.layers import CamcHead, CamcOutput, NormedLinear
 B, C, H, W, K = 3, 8, 4, 4, 5
 
 
-def _head(camc='global', norm_classifier=True, num_classes=K, channels=C, dtype=torch.float64, seed=0, topk=32):
+def _head(camc='global', norm_classifier=True, num_classes=K, channels=C, dtype=torch.float64, seed=0, topk=32,
+          **kwargs):
     torch.manual_seed(seed)
     head = CamcHead(channels, num_classes, camc=camc, norm_classifier=norm_classifier, cosine_scale=16.,
-                    camc_topk=topk, dtype=dtype)
+                    camc_topk=topk, dtype=dtype, **kwargs)
     if head.calib is not None:  # leave the zero init so the reference checks a non-trivial map
         nn.init.normal_(head.calib.conv.weight, std=0.5)
         nn.init.normal_(head.calib.conv.bias, std=0.5)
@@ -24,8 +25,12 @@ def _head(camc='global', norm_classifier=True, num_classes=K, channels=C, dtype=
     return head
 
 
-def _reference_logits(head, x):
-    """CAMC.md formulas written out per image and per class, materialising every pooled feature."""
+def _reference_logits(head, x, log_prior=None, directions=None):
+    """CAMC.md formulas written out per image and per class, materialising every pooled feature.
+
+    ``log_prior``: the logit adjustment of the prediction behind the global maps (balanced q); ``directions``: per
+    image, the direction of the prototype map in place of the expected prototype (None in a row: the prototypes).
+    """
     fc, calib = head.fc, head.calib
     normed = isinstance(fc, NormedLinear)
     weight = F.normalize(fc.weight, dim=1) if normed else fc.weight
@@ -46,13 +51,15 @@ def _reference_logits(head, x):
         feat_hat = F.normalize(feat, dim=0)
         mean = feat.mean(1)
         plain = torch.stack([score(k, mean) for k in range(weight.shape[0])])
-        if head.camc == 'global':
-            q = plain.softmax(0)
+        if head.camc in ('global', 'batch'):
+            q = (plain if log_prior is None else plain - log_prior).softmax(0)
             if 0 < calib.topk < len(q):  # only the topk most probable classes, renormalised
                 q = torch.where(q >= q.topk(calib.topk).values[-1], q, torch.zeros_like(q))
                 q = q / q.sum()
             m = sum(q[k] * weight[k] @ feat for k in range(weight.shape[0]))
             r = sum(q[k] * protos[k] @ feat_hat for k in range(weight.shape[0]))
+            if directions is not None and directions[b] is not None:
+                r = directions[b] @ feat_hat
             g = feat @ pool_weights(m, r)
             out[b] = torch.stack([score(k, g) for k in range(weight.shape[0])])
         else:
@@ -137,9 +144,10 @@ def test_class_calibration_skips_unused_plain_logits():
     assert rec.count == 1
 
 
-@pytest.mark.parametrize('camc', ['global', 'class'])
-def test_head_scripts(camc):
-    head = _head(camc).eval()
+@pytest.mark.parametrize('camc, kwargs', [('global', {}), ('class', {}), ('batch', {}),
+                                          ('global', dict(balanced_q=True))])
+def test_head_scripts(camc, kwargs):
+    head = _head(camc, **kwargs).eval()
     x = torch.rand(B, C, H, W, dtype=torch.float64)
     scripted = torch.jit.script(head)
     torch.testing.assert_close(scripted(x), head(x))
@@ -262,6 +270,34 @@ def test_camc_loss():
     torch.testing.assert_close(loss(z, y), F.cross_entropy(z, y))
 
 
+@pytest.mark.parametrize('camc', ['global', 'target'])
+def test_calibration_warmup_trains_the_plain_classifier_alone(camc):
+    """During the warm-up the loss is (1 + w) L(plain) and the map conv gets a zero gradient (it stays flat, where the
+    calibrated logits equal the plain ones); from the warm-up's last epoch on, the calibration trains."""
+    torch.manual_seed(0)
+    head = CamcHead(C, K, camc=camc, dtype=torch.float64).train()
+    x, y = torch.randn(B, C, H, W, dtype=torch.float64), torch.tensor([0, 3, 3])
+    loss = CamcLoss(nn.CrossEntropyLoss(), calib_warmup=2)
+    for epoch, calibrating in [(0, False), (1, False), (2, True), (5, True)]:
+        loss.set_epoch(epoch)
+        head.zero_grad()
+        out = head.forward_train(x, y)
+        value = loss(out, y)
+        value.backward()
+        phi_grad = head.calib.conv.weight.grad.abs().sum()
+        if calibrating:
+            full = F.cross_entropy(out.logits, y) + 0.5 * F.cross_entropy(out.aux_logits, y)
+            torch.testing.assert_close(value, full)
+            assert phi_grad > 0
+        else:
+            torch.testing.assert_close(value, 1.5 * F.cross_entropy(out.plain_logits, y))
+            assert phi_grad == 0 and head.fc.weight.grad.abs().sum() > 0
+            # the map conv is still at its zero start: calibrated and plain logits agree
+            torch.testing.assert_close(out.logits, out.aux_logits)
+    with pytest.raises(ValueError, match='calib_warmup'):
+        CamcLoss(nn.CrossEntropyLoss(), calib_warmup=-1)
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(num_classes=-1), 'num_classes'),
     (dict(camc='D'), 'camc mode'),
@@ -270,6 +306,8 @@ def test_camc_loss():
     (dict(cosine_scale=0.), 'scale'),
     (dict(proto_momentum=1.), 'momentum'),
     (dict(aux_weight=-1.), 'aux_weight'),
+    (dict(camc='class', balanced_q=True), 'balanced_q'),
+    (dict(camc='target', balanced_q=True), 'balanced_q'),
 ])
 def test_bad_head_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -357,3 +395,47 @@ def test_nonneg_map_uses_the_magnitude_of_the_conv_weights():
     free.calib.conv.weight.data.copy_(weight.abs())
     torch.testing.assert_close(nonneg(x), free(x))
     torch.testing.assert_close(nonneg.explain(x)['calibration'], free.explain(x)['calibration'])
+
+
+def test_batch_calibration_correlates_with_classmates_in_training():
+    """Variant D: in training, an image's prototype map follows the mean normalised pooled feature of the other images
+    of its class in the batch, with gradient into those images; an image without a classmate, and inference, use
+    the prototypes exactly as 'global' does."""
+    batch, glob = _head('batch', topk=0), _head('global', topk=0)
+    for name, tensor in glob.state_dict().items():
+        torch.testing.assert_close(batch.state_dict()[name], tensor)
+    x = torch.randn(5, C, H, W, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 1, 1, 2])  # images 0 and 4 have no classmate
+    torch.testing.assert_close(batch.eval()(x), glob.eval()(x))
+    torch.testing.assert_close(batch(x), _reference_logits(batch, x))
+
+    unit = F.normalize(x.mean((2, 3)), dim=1).detach()
+    directions = [None, (unit[2] + unit[3]) / 2, (unit[1] + unit[3]) / 2, (unit[1] + unit[2]) / 2, None]
+    expected = _reference_logits(batch, x.detach(), directions=directions)  # prototypes before this step's update
+    logits = batch.train().forward_train(x, y).logits
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(logits[[0, 4]], glob.train().forward_train(x, y).logits[[0, 4]])
+
+    # the classmates' features take part: image 1's calibrated logits have a gradient into image 2, not into 4
+    grad, = torch.autograd.grad(logits[1].sum(), x)
+    assert grad[2].abs().sum() > 0 and grad[4].abs().sum() == 0
+
+
+def test_balanced_q_weights_the_maps_by_the_logit_adjusted_prediction():
+    head = _head('global', topk=0, balanced_q=True)
+    assert 'calib.label_counts' in head.state_dict() and 'calib.label_counts' not in _head('global').state_dict()
+    x = torch.randn(4, C, H, W, dtype=torch.float64)
+    torch.testing.assert_close(head.eval()(x), _reference_logits(head, x))  # no labels seen yet: uniform prior
+
+    head.train().forward_train(x, torch.tensor([0, 0, 0, 2]))
+    head.train().forward_train(x[:2], torch.tensor([0, 1]))
+    counts = torch.tensor([4., 1., 1., 0., 0.], dtype=torch.float64)
+    torch.testing.assert_close(head.calib.label_counts, counts.float())
+    clamped = counts.clamp_min(1.)
+    torch.testing.assert_close(head.eval()(x), _reference_logits(head, x, log_prior=(clamped / clamped.sum()).log()))
+    assert not torch.allclose(head(x), _reference_logits(head, x))
+
+    restored = _head('global', topk=0, balanced_q=True, seed=1)
+    restored.load_state_dict(head.state_dict())
+    torch.testing.assert_close(restored.eval()(x), head(x))
+

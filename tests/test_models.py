@@ -277,6 +277,25 @@ def test_training_forward_with_labels(model_name):
     torch.testing.assert_close(protos, before)
 
 
+def test_balanced_q_label_counts_follow_the_run(tmp_path):
+    """A model with balanced_q counts afresh from a checkpoint without counts, and keeps those of its own; a model
+    without the option loads a checkpoint that has them."""
+    plain, path = timm.create_model('resnet32_camc_lt', num_classes=5), tmp_path / 'plain.pth'
+    torch.save(plain.state_dict(), path)
+    overlay = dict(file=str(path))
+    model = timm.create_model('resnet32_camc_lt', num_classes=5, balanced_q=True, pretrained=True,
+                              pretrained_cfg_overlay=overlay).train()
+    torch.testing.assert_close(model.head.calib.conv.weight, plain.head.calib.conv.weight)
+    assert (model.head.calib.label_counts == 0).all()
+    model(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 4]))
+    torch.save(model.state_dict(), path)
+    again = timm.create_model('resnet32_camc_lt', num_classes=5, balanced_q=True, pretrained=True,
+                              pretrained_cfg_overlay=overlay)
+    assert again.head.calib.label_counts.tolist() == [1., 2., 0., 0., 1.]
+    without = timm.create_model('resnet32_camc_lt', num_classes=5, pretrained=True, pretrained_cfg_overlay=overlay)
+    assert 'head.calib.label_counts' not in without.state_dict()
+
+
 @pytest.mark.parametrize('bad_target, match', [
     (torch.tensor([0, 1, 5, 2]), r'out of range \[0, 5\): 1 value\(s\): 5$'),
     (torch.tensor([0, -1, 1, 2]), r'out of range \[0, 5\): 1 value\(s\): -1$'),
@@ -348,7 +367,7 @@ def test_head_options_have_one_spelling(tmp_path):
     args = train.parser.parse_args(argv)
     kwargs = camc_model_kwargs('resnet32_camc_lt', args)
     assert kwargs == dict(camc='target', norm_classifier=False, cosine_scale=8., learn_scale=False, proto_momentum=0.9,
-                          camc_topk=4, nonneg_map=True, aux_weight=0.5)
+                          camc_topk=4, nonneg_map=True, balanced_q=False, aux_weight=0.5)
     model = timm.create_model('resnet32_camc_lt', num_classes=3, **kwargs)
     assert camc_head_kwargs(model) == kwargs  # what config.json records
     assert camc_model_kwargs('resnet32_camc_lt', dict(linear_classifier=True))['norm_classifier'] is False  # old runs

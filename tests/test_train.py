@@ -424,3 +424,15 @@ def test_plain_timm_model_trains_and_tau_norm_validates(cifar10_small, tmp_path)
     assert results['1']['tau_norm'] == 1.0 and results['0']['tau_norm'] is None
     assert results['1']['num_samples'] == results['0']['num_samples'] == 200
     assert results['1']['per_class'] != results['0']['per_class']  # the rescaled weight norms change predictions
+
+
+def test_calibration_warmup_keeps_the_map_flat_until_it_ends(cifar10_small, tmp_path):
+    """--calib-warmup 1: epoch 0 trains the plain classifier alone (the map conv keeps its zero start, the prototypes
+    learn), epoch 1 trains the calibration too."""
+    res = _run(*_train_args(cifar10_small, tmp_path, 'warm', '--epochs', '2', '--calib-warmup', '1',
+                            '--checkpoint-hist', '2'))
+    assert res.returncode == 0, res.stderr[-3000:]
+    first, last = _state(tmp_path / 'warm' / 'checkpoint-0.pth.tar'), _state(tmp_path / 'warm' / 'last.pth.tar')
+    assert (first['head.calib.conv.weight'] == 0).all() and first['head.calib.prototypes'].abs().sum() > 0
+    assert last['head.calib.conv.weight'].abs().sum() > 0
+    assert _state(tmp_path / 'warm' / 'last.pth.tar', 'args').calib_warmup == 1

@@ -14,7 +14,8 @@
 
 Every loss takes hard targets (int64 class indices, shape B) or soft targets (B x K probabilities, e.g. from
 timm's ``Mixup``), keeps its per-class tensors as (non-persistent) buffers so ``.to(device)`` moves them, and has
-``set_epoch(epoch)`` so a training loop can call it on any criterion; only ``LDAMLoss`` changes with the epoch.
+``set_epoch(epoch)`` so a training loop can call it on any criterion; only ``LDAMLoss`` (its DRW) and ``CamcLoss`` (a
+calibration warm-up) change with the epoch.
 
 Class weights follow ``nn.CrossEntropyLoss``: with hard targets the loss is the weighted mean
 ``sum_i w_{y_i} CE_i / sum_i w_{y_i}``. With soft targets it is ``sum_i sum_k w_k y_ik CE_ik / sum_i sum_k w_k y_ik``
@@ -111,17 +112,29 @@ def _one_hot_like(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class CamcLoss(nn.Module):
-    """Wraps a criterion so it also takes a ``CamcOutput``: ``L(z) + aux_weight * L(plain logits)``.
+    """Wraps a criterion so it also takes a ``CamcOutput``: ``L(z) + aux_weight * L(aux logits)``.
 
     A plain logits tensor (eval mode, or a model without calibration) is passed to the criterion unchanged.
+
+    With ``calib_warmup`` epochs, the loss of those epochs is ``(1 + aux_weight) * L(plain logits)``: the plain
+    classifier alone, at the weight the whole loss has once the calibration joins. The calibrated logits enter with
+    weight zero, so the map conv ``phi`` gets a zero gradient and stays at its flat start (where the calibrated
+    logits equal the plain ones), and every parameter still takes part in the backward pass, as DDP needs. The
+    prototypes keep learning meanwhile. ``set_epoch`` switches the calibration on.
     """
 
-    def __init__(self, criterion: nn.Module):
+    def __init__(self, criterion: nn.Module, calib_warmup: int = 0):
         super().__init__()
+        if calib_warmup < 0:
+            raise ValueError(f'calib_warmup must be >= 0 epochs, got {calib_warmup}')
         self.criterion = criterion
+        self.calib_warmup = calib_warmup
+        self.calibrating = calib_warmup == 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Forwards the epoch to the wrapped criterion when it has a ``set_epoch`` (e.g. ``LDAMLoss``)."""
+        """Switches the calibration on after the warm-up and forwards the epoch to the wrapped criterion when it
+        has a ``set_epoch`` (e.g. ``LDAMLoss``)."""
+        self.calibrating = epoch >= self.calib_warmup
         set_epoch = getattr(self.criterion, 'set_epoch', None)
         if callable(set_epoch):
             set_epoch(epoch)
@@ -129,8 +142,15 @@ class CamcLoss(nn.Module):
     def forward(self, output: Union[torch.Tensor, CamcOutput], target: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, CamcOutput):
             return self.criterion(output, target)
+        if output.aux_logits is None:
+            return self.criterion(output.logits, target)
+        if not self.calibrating:
+            if output.plain_logits is None:
+                raise ValueError('A calibration warm-up needs the plain logits in CamcOutput.plain_logits')
+            unused = output.logits.sum() + output.aux_logits.sum()
+            return (1. + output.aux_weight) * self.criterion(output.plain_logits, target) + 0. * unused
         loss = self.criterion(output.logits, target)
-        if output.aux_logits is not None and output.aux_weight > 0:
+        if output.aux_weight > 0:
             loss = loss + output.aux_weight * self.criterion(output.aux_logits, target)
         return loss
 

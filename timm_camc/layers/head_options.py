@@ -9,7 +9,7 @@ Copyright 2026, the timm-camc authors. Apache-2.0.
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from .camc import CALIBRATIONS
+from .calibration import CALIBRATIONS
 
 __all__ = ['HeadOption', 'HEAD_OPTIONS', 'HEAD_DEFAULTS']
 
@@ -35,8 +35,9 @@ class HeadOption:
 # the head's options, once: CamcHead's signature, the models, train.py, the checkpoint readers and the publisher
 # follow this table (a test checks CamcHead's signature against it)
 HEAD_OPTIONS: Tuple[HeadOption, ...] = (
-    HeadOption('camc', 'global', "calibration: 'global' (variant B), 'class' (A), 'target' (C, in training only) or "
-                                 "'none'", choices=(*CALIBRATIONS, 'none')),
+    HeadOption('camc', 'global', "calibration: 'global' (variant B), 'batch' (D: across the batch's images in "
+                                 "training), 'class' (A), 'target' (C, in training only) or 'none'",
+               choices=(*CALIBRATIONS, 'none')),
     HeadOption('norm_classifier', True, 'cosine-normalised classifier (--no-norm-classifier: plain linear)'),
     HeadOption('cosine_scale', 16., 'the scale s of the cosine classifier'),
     HeadOption('learn_scale', False, 'learn the scale s'),
@@ -44,6 +45,8 @@ HEAD_OPTIONS: Tuple[HeadOption, ...] = (
     HeadOption('camc_topk', 32, "'global' calibration over the most probable classes only (0: all classes)"),
     HeadOption('nonneg_map', False, 'non-negative weights in the map conv: the map can only highlight what the class '
                                     'and prototype maps highlight'),
+    HeadOption('balanced_q', False, 'weight the maps by the prediction logit-adjusted by the label frequencies seen in '
+                                    "training ('global' and 'batch')"),
     HeadOption('aux_weight', 0.5, 'weight of the auxiliary loss (on the plain logits; the calibrated ones for '
                                   "'target')"),
 )

@@ -261,6 +261,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CamcResNet)
       initialised head is used.
     * Class-sized head tensors (classifier, prototypes) of another class count are replaced by the model's own
       initialisation.
+    * ``balanced_q``'s label counts are taken when both sides have them, start at zero when only the model has
+      them, and are dropped when only the checkpoint has them.
     * Any other shape mismatch raises, naming every mismatched tensor with both shapes.
     """
     state_dict = state_dict.get('state_dict', state_dict)
@@ -280,6 +282,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CamcResNet)
             else:
                 mismatched.append(f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(model_sd[k].shape)}')
         out[k] = v
+    # the label counts of balanced_q belong to the training run: a model with the option starts counting afresh
+    # from a checkpoint without it, and a model without it has no use for them
+    counts = 'head.calib.label_counts'
+    if counts in model_sd:
+        out.setdefault(counts, model_sd[counts])
+    else:
+        out.pop(counts, None)
     if mismatched:
         raise RuntimeError(
             f'Checkpoint does not fit {type(model).__name__} (wrong architecture or settings?): '

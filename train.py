@@ -42,7 +42,8 @@ from timm_camc.engine import AtomicCheckpointSaver, NonFiniteLossError, accepts_
 from timm_camc.layers import HEAD_OPTIONS
 from timm_camc.loss import LOSSES, CamcLoss, classifier_loss_kwargs, create_loss, loss_options
 from timm_camc.metrics import LongTailMetrics, default_class_groups
-from timm_camc.utils import camc_model_kwargs, is_camc_model, read_checkpoint, summarize_load_error
+from timm_camc.checkpoint import read_checkpoint, summarize_load_error
+from timm_camc.models import camc_model_kwargs, is_camc_model
 
 _logger = logging.getLogger('train')
 

@@ -36,7 +36,8 @@ from timm.utils import init_distributed_device, setup_default_logging
 from timm_camc.data import CorruptImageError, RankShard, create_image_dataset, dataset_class_names
 from timm_camc.engine import evaluate
 from timm_camc.metrics import LongTailMetrics, default_class_groups
-from timm_camc.utils import create_eval_model, summarize_load_error, tau_normalize_
+from timm_camc.checkpoint import create_eval_model, summarize_load_error
+from timm_camc.layers import tau_normalize_
 
 _logger = logging.getLogger('validate')
 

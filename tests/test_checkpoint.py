@@ -71,7 +71,7 @@ def test_mismatched_architecture_names_tensors_and_shapes(tmp_path):
 
 
 def test_tau_normalisation_of_a_linear_classifier():
-    from timm_camc.utils import tau_normalize_
+    from timm_camc.layers import tau_normalize_
     model = timm.create_model('resnet32_camc_lt', camc='none', norm_classifier=False)
     weight = model.get_classifier().weight.detach().clone()
     tau_normalize_(model.get_classifier(), 0.5)

@@ -26,7 +26,7 @@ from safetensors.torch import save as safetensors_bytes
 import timm
 import timm_camc  # noqa: F401, registers the models
 from timm_camc import pretrained as camc_pretrained
-from timm_camc.utils import create_eval_model
+from timm_camc.checkpoint import create_eval_model
 from timm_camc.weights import DATASETS, METRIC_KEYS, WEIGHTS, PretrainedWeights, markdown_model_table
 
 from conftest import REPO

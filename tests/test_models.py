@@ -353,7 +353,7 @@ def test_head_options_have_one_spelling(tmp_path):
     import importlib.util
     from timm_camc.layers import HEAD_OPTIONS, CamcHead
     from timm_camc.publish import camc_head_kwargs
-    from timm_camc.utils import camc_model_kwargs
+    from timm_camc.models import camc_model_kwargs
 
     params = inspect.signature(CamcHead.__init__).parameters
     assert {o.name: o.default for o in HEAD_OPTIONS} == {o.name: params[o.name].default for o in HEAD_OPTIONS}

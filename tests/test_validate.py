@@ -15,7 +15,7 @@ import timm
 import timm_camc  # noqa: F401, registers the models
 from timm.data.distributed_sampler import OrderedDistributedSampler
 from timm_camc.data import RankShard
-from timm_camc.utils import summarize_load_error
+from timm_camc.checkpoint import summarize_load_error
 
 from conftest import REPO
 

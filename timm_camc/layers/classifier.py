@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['NormedLinear', 'LinearClassifier', 'l2_normalize']
+__all__ = ['NormedLinear', 'LinearClassifier', 'l2_normalize', 'tau_normalize_']
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -104,3 +104,17 @@ class LinearClassifier(nn.Linear):
             self, proj: torch.Tensor, sq_norm: torch.Tensor, row_scale: torch.Tensor,
     ) -> torch.Tensor:
         return proj + self.bias
+
+
+@torch.no_grad()
+def tau_normalize_(classifier: nn.Module, tau: float) -> None:
+    """Post-hoc tau-normalisation of a linear classifier (Kang et al. 2020): ``w_k <- w_k / |w_k|^tau``.
+
+    A cosine classifier ignores the weight norms, so there it changes nothing and is refused.
+    """
+    if isinstance(classifier, NormedLinear):
+        raise ValueError('tau-normalisation rescales weight norms, which a cosine (normalised) classifier ignores')
+    weight = getattr(classifier, 'weight', None)
+    if weight is None or weight.ndim != 2:
+        raise ValueError(f'tau-normalisation needs a linear classifier, got {type(classifier).__name__}')
+    weight.div_(torch.linalg.vector_norm(weight, dim=1, keepdim=True).clamp_min(1e-12).pow(tau))

@@ -1,1 +1,2 @@
 from .camc_resnet import *
+from .registry import camc_model_kwargs, is_camc_model

@@ -31,7 +31,8 @@ import timm
 from timm.models import clean_state_dict, split_model_name_tag
 
 from ..layers import HEAD_DEFAULTS
-from ..utils import camc_model_kwargs, checkpoint_args, is_camc_model, read_checkpoint
+from ..checkpoint import checkpoint_args, read_checkpoint
+from ..models import camc_model_kwargs, is_camc_model
 from ..weights import DATASETS, Dataset, PretrainedWeights, find_weights
 
 __all__ = [

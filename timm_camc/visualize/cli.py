@@ -11,7 +11,7 @@ import torch
 from timm.data import resolve_data_config
 
 from timm_camc.data import create_image_dataset
-from timm_camc.utils import create_eval_model
+from timm_camc.checkpoint import create_eval_model
 
 from ._matplotlib import _import_matplotlib
 from .cam import dataset_cam_overlays

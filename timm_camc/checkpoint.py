@@ -1,9 +1,8 @@
-""" Helpers shared by train.py, validate.py and the hub publisher
+""" Reading train.py checkpoints, and the evaluation model built from one
 
 Copyright 2026, the timm-camc authors. Apache-2.0.
 """
 import argparse
-import logging
 import os
 import re
 from typing import Any, Dict, Optional, Tuple, Union
@@ -14,27 +13,9 @@ import torch.nn as nn
 import timm
 from timm.models import load_checkpoint
 
-from .layers import HEAD_OPTIONS, NormedLinear
+from .models.registry import camc_model_kwargs
 
-__all__ = [
-    'camc_model_kwargs', 'checkpoint_args', 'create_eval_model',
-    'read_checkpoint', 'read_checkpoint_args', 'tau_normalize_',
-]
-
-_logger = logging.getLogger(__name__)
-
-def camc_model_kwargs(model_name: str, args: Any) -> Dict[str, Any]:
-    """Model kwargs of the CAMC head (``HEAD_OPTIONS``, same names) from training options: an argparse namespace or
-    a dict of them, such as a checkpoint's.
-
-    Empty for models without a CAMC head, so the same options also drive plain timm baselines.
-    """
-    if not is_camc_model(model_name):
-        return {}
-    values = dict(args if isinstance(args, dict) else vars(args))
-    if 'norm_classifier' not in values and values.get('linear_classifier') is not None:
-        values['norm_classifier'] = not values['linear_classifier']  # checkpoints from before --no-norm-classifier
-    return {o.name: values[o.name] for o in HEAD_OPTIONS if values.get(o.name) is not None}
+__all__ = ['checkpoint_args', 'create_eval_model', 'read_checkpoint', 'read_checkpoint_args', 'summarize_load_error']
 
 
 def read_checkpoint(path: str) -> Any:
@@ -108,28 +89,6 @@ def create_eval_model(
             raise ValueError(
                 f'Checkpoint {checkpoint} does not fit {model_name} ({model.num_classes} classes): {e}') from e
     return model, ckpt_args
-
-
-@torch.no_grad()
-def tau_normalize_(classifier: nn.Module, tau: float) -> None:
-    """Post-hoc tau-normalisation of a linear classifier (Kang et al. 2020): ``w_k <- w_k / |w_k|^tau``.
-
-    A cosine classifier ignores the weight norms, so there it changes nothing and is refused.
-    """
-    if isinstance(classifier, NormedLinear):
-        raise ValueError('tau-normalisation rescales weight norms, which a cosine (normalised) classifier ignores')
-    weight = getattr(classifier, 'weight', None)
-    if weight is None or weight.ndim != 2:
-        raise ValueError(f'tau-normalisation needs a linear classifier, got {type(classifier).__name__}')
-    weight.div_(torch.linalg.vector_norm(weight, dim=1, keepdim=True).clamp_min(1e-12).pow(tau))
-
-
-def is_camc_model(model_name: str) -> bool:
-    """Whether a registered model name (with or without a pretrained tag) is one of timm-camc's CAMC models."""
-    arch = model_name.split('.')[0]
-    if not timm.is_model(arch):
-        return False
-    return timm.models.model_entrypoint(arch).__module__.startswith('timm_camc.')
 
 
 def summarize_load_error(error: Union[str, Exception], shown: int = 3) -> str:

@@ -71,10 +71,14 @@ def effective_scale(rec: Mapping[str, Any]) -> str:
     return rec['scale']
 
 
+# what records from before --data-dir / --model / --img-size ran on: the CIFAR-10 archive, ResNet-32 at 32 x 32
+_ARCHIVE, _MODEL = 'cifar10-jpeg.tar.gz', 'resnet32_camc_lt'
+
+
 def _setting(rec: Mapping[str, Any]) -> Tuple:
     data = rec.get('data', {})
     return (effective_scale(rec), rec['epochs'], data.get('train_per_class_max'), data.get('imbalance'),
-            data.get('test_per_class'))
+            data.get('test_per_class'), data.get('dataset', _ARCHIVE), rec.get('model', _MODEL), data.get('img_size', 32))
 
 
 def _fmt(values: Sequence[float], signed: bool = False) -> str:
@@ -91,8 +95,13 @@ def _fmt(values: Sequence[float], signed: bool = False) -> str:
 def _title(rec: Mapping[str, Any], n_seeds: int) -> str:
     data = rec.get('data', {})
     incomplete = '' if rec['epochs_completed'] == rec['epochs'] else f' (planned {rec["epochs"]})'
-    return (f'CIFAR-10-LT (IF {data.get("imbalance", 0):g}, {data.get("train_size")} training images, largest class '
-            f'{data.get("train_per_class_max")}; {data.get("test_size")} test images), ResNet-32, '
+    dataset = data.get('dataset', _ARCHIVE)
+    dataset = 'CIFAR-10-LT' if dataset == _ARCHIVE else f'{dataset} (long-tailed)'
+    model = 'ResNet-32' if rec.get('model', _MODEL) == _MODEL else rec['model']
+    if data.get('img_size', 32) != 32:
+        model += f' at {data["img_size"]} x {data["img_size"]}'
+    return (f'{dataset} (IF {data.get("imbalance", 0):g}, {data.get("train_size")} training images, largest class '
+            f'{data.get("train_per_class_max")}; {data.get("test_size")} test images), {model}, '
             f'{rec["epochs_completed"]} epochs{incomplete}, seeds {n_seeds}, {rec.get("device_name", "?")}, '
             f'commit {rec.get("git_commit", "?")} - scale: `{effective_scale(rec)}`')
 

@@ -86,6 +86,58 @@ def test_schedule_is_ldam_drw():
     assert [short.lr_at(e) for e in range(3)] == [s.lr_at(e) for e in range(3)]  # --fit may switch after 3 epochs
 
 
+def _hand_written_lr(epochs, epoch, lr=0.1):
+    """The schedule as the ablation computed it by hand before it read timm's scheduler (W = min(5, epochs // 5)
+    warm-up epochs at lr (e + 1) / W, then x0.01 from round(0.8 epochs) and x0.0001 from round(0.9 epochs))."""
+    warmup = min(5, epochs // 5)
+    if epoch < warmup:
+        return lr * (epoch + 1) / warmup
+    factor = 1.
+    for milestone, decay in zip((int(round(0.8 * epochs)), int(round(0.9 * epochs))), (0.01, 0.0001)):
+        if epoch >= milestone:
+            factor = decay
+    return lr * factor
+
+
+def test_schedule_is_train_py_scheduler_from_the_recipe_config():
+    """200 epochs: the learning rates of train.py's scheduler, built from configs/cifar10_lt_r100.yaml through
+    train.py's own option parser and timm's scheduler_kwargs / create_scheduler_v2, epoch by epoch."""
+    import importlib.util
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+    from camc_ablation.protocol import RECIPE_CONFIG
+
+    spec = importlib.util.spec_from_file_location('camc_train_sched', BENCHMARKS.parent / 'train.py')
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    args, _ = train._parse_args(['-c', str(RECIPE_CONFIG)])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr)
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric='loss' in args.eval_metric), updates_per_epoch=97)
+    train_lrs = []
+    for epoch in range(num_epochs):  # train.py steps after each epoch; step(epoch) sets that epoch's rate
+        scheduler.step(epoch)
+        train_lrs.append(optimizer.param_groups[0]['lr'])
+    s = ablation.Schedule.for_epochs(200)
+    assert num_epochs == 200 and list(s.lrs) == train_lrs
+    expected = [0.02, 0.04, 0.06, 0.08] + [0.1] * 156 + [1e-3] * 20 + [1e-5] * 20
+    assert list(s.lrs) == pytest.approx(expected, rel=1e-12, abs=0)
+    cfg = s.timm_config()
+    assert (cfg['warmup_epochs'], cfg['warmup_lr'], cfg['decay_milestones']) == (4, 0.02, [161, 181])
+    assert s.to_dict() == dict(epochs=200, lr=0.1, warmup_epochs=5, decay_at=[0.8, 0.9], decay_factors=[0.01, 0.0001],
+                               milestones=[160, 180], drw_epoch=160)  # the records' field, as before
+
+
+@pytest.mark.parametrize('epochs', [1, 2, 4, 5, 8, 10, 24, 25, 40, 100, 200])
+def test_schedule_keeps_the_hand_written_values(epochs):
+    """Scaled runs (the CPU screens ran 24 epochs) keep the learning rates the hand-written schedule gave."""
+    s = ablation.Schedule.for_epochs(epochs)
+    assert len(s.lrs) == epochs
+    assert list(s.lrs) == pytest.approx([_hand_written_lr(epochs, e) for e in range(epochs)], rel=1e-12, abs=0)
+    if epochs == 24:
+        assert list(s.lrs) == pytest.approx([0.025, 0.05, 0.075] + [0.1] * 16 + [1e-3] * 3 + [1e-5] * 2, rel=1e-12)
+        assert s.milestones == (19, 22) and s.drw_epoch == 19 and s.lr_at(40) == s.lrs[-1]
+
+
 def test_same_initialisation_for_every_row_of_a_seed():
     ce = ablation.build_model(ROWS['ce'], 0).state_dict()
     for name in ('cosine_s16', 'camc_global', 'camc_class'):
@@ -298,3 +350,75 @@ def test_graph_path_modes_check_and_reset(cifar10_small, work_dir, monkeypatch, 
     assert trainer.graph is trainer.graphs[(True,)] and trainer.loss_fn.criterion.weight is not None
     trainer.train_step(0)
     assert trainer._snapshot().ne(fresh).any()
+
+
+# --- any class-per-folder dataset ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def tiny_folder_dataset(tmp_path_factory) -> Path:
+    """Three classes that are not CIFAR's, 40 x 40 PNGs from random arrays: 16 training and 4 test images each."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp('ant_bee_cat')
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 16), ('test', 4)):
+        for c, name in enumerate(('ant', 'bee', 'cat')):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+                pixels[..., c] //= 4  # some class signal
+                Image.fromarray(pixels).save(folder / f'{i}.png')
+    return root
+
+
+def test_any_folder_dataset_end_to_end(tiny_folder_dataset, work_dir, tmp_path):
+    """The ablation on a 3-class 40 x 40 tree: classes, names and size come from the data, not from CIFAR-10."""
+    out = ablation.main(['--device', 'cpu', '--data-dir', str(tiny_folder_dataset), '--work-dir', str(work_dir),
+                         '--out', str(tmp_path), '--img-size', '40', '--train-per-class-max', '16', '--imbalance', '4',
+                         '--test-per-class', '4', '--batch-size', '8', '--epochs', '2', '--seeds', '0',
+                         '--rows', 'la_cosine,camc_global_la'])
+    doc = json.loads(Path(out['path']).read_text())
+    assert not doc['failed'] and [r['row'] for r in doc['records']] == ['la_cosine', 'camc_global_la']
+    assert doc['data']['class_names'] == ['ant', 'bee', 'cat'] and doc['data']['num_classes'] == 3
+    for rec in doc['records']:
+        data = rec['data']
+        assert data['num_classes'] == 3 and data['class_names'] == ['ant', 'bee', 'cat']
+        assert data['img_size'] == 40 and data['dataset'] == tiny_folder_dataset.name
+        assert data['class_counts'] == [16, 8, 4] and rec['recipe']['steps_per_epoch'] == 28 // 8
+        assert rec['model'] == 'resnet32_camc_lt' and 'random crop 40' in rec['recipe']['augmentation']
+        assert rec['complete'] and rec['epochs_completed'] == 2 and rec['scale'] == 'cpu-dry-run'
+        assert 0 <= rec['top1'] <= 100 and len(rec['per_class']) == 3 and rec['test_samples'] == 12
+        assert rec['head'] is None  # head / medium / tail are CIFAR-10's 3 / 4 / 3 split: none for 3 classes
+        for key in ('top5', 'many_shot', 'medium_shot', 'few_shot', 'shot_group_sizes'):
+            assert key in rec
+        # the default model's pretrained cfg is CIFAR-10's (as the archive's): the same normalisation as before
+        assert rec['normalization']['mean'] == [0.4914, 0.4822, 0.4465]
+    assert -1 <= doc['records'][1]['map_cam_corr'] <= 1
+    text = ablation_report.render(doc['records'])
+    assert f'{tiny_folder_dataset.name} (long-tailed)' in text and 'ResNet-32 at 40 x 40' in text
+
+
+def test_folder_images_are_resized_to_img_size(tiny_folder_dataset, tmp_path):
+    """--img-size 32 decodes the 40 x 40 images at 32 x 32 (where the archive's 32 x 32 JPEGs pass unresized)."""
+    import numpy as np
+
+    meta = ablation.prepare_data(str(tiny_folder_dataset), '', tmp_path, 16, 4., 0, 4, img_size=32)
+    train, test = np.load(meta['paths']['train_x']), np.load(meta['paths']['test_x'])
+    assert train.shape == (28, 32, 32, 3) and test.shape == (12, 32, 32, 3) and meta['img_size'] == 32
+    data = ablation.DeviceData(meta, torch.device('cpu'))
+    assert data.num_classes == 3 and data.img_size == 32
+
+
+def test_normalization_from_the_model_except_for_the_cifar_archive():
+    from camc_ablation.data import normalization
+
+    cifar = dict(mean=[0.4914, 0.4822, 0.4465], std=[0.247, 0.2435, 0.2616])
+    assert {k: normalization('resnet50_camc_lt', cifar=True)[k] for k in cifar} == cifar
+    imagenet = normalization('resnet50_camc_lt', cifar=False)
+    assert imagenet['mean'] == pytest.approx([0.485, 0.456, 0.406])
+    assert imagenet['std'] == pytest.approx([0.229, 0.224, 0.225])
+    assert {k: normalization('resnet32_camc_lt', cifar=False)[k] for k in cifar} == cifar
+    with pytest.raises(SystemExit):
+        ablation.main(['--model', 'resnet32', '--device', 'cpu'])  # not a CAMC model: the rows' head options

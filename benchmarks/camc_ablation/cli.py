@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 import ablation_report
-from timm_camc.utils import is_camc_model
+from timm_camc.models import is_camc_model
 
 from . import budget
 from .data import ARCHIVE_NAME, normalization, prepare_data

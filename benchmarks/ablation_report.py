@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['SCALE_NOTES', 'NotBenchmarkError', 'scale_note', 'load_records', 'render', 'main']
+__all__ = ['SCALE_NOTES', 'NotBenchmarkError', 'scale_note', 'load_records', 'merge_repeats', 'render', 'main']
 
 SCALE_NOTES = {
     'full': 'Full protocol: CIFAR-10-LT from the JPEG images, ResNet-32, LDAM-DRW schedule, 200 epochs, full '
@@ -92,7 +92,26 @@ def _fmt(values: Sequence[float], signed: bool = False) -> str:
     return text
 
 
-def _title(rec: Mapping[str, Any], n_seeds: int) -> str:
+def merge_repeats(records: Sequence[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+    """One record per (setting, row, seed). A run repeated in another result file must have the same results (the
+    ablation is deterministic on one machine: same initialisation, data order and kernels), or the table would mix
+    two measurements of one cell.
+
+    Raises:
+        ValueError: A repeated run with other results.
+    """
+    kept: Dict[Tuple, Mapping[str, Any]] = {}
+    for rec in records:
+        key = (_setting(rec), rec['row'], rec['seed'])
+        first = kept.setdefault(key, rec)
+        if first is not rec and (first.get('top1'), first.get('per_class')) != (rec.get('top1'), rec.get('per_class')):
+            raise ValueError(f'{rec["row"]} seed {rec["seed"]} was run twice with different results (top-1 '
+                             f'{first.get("top1")} and {rec.get("top1")}): render those result files separately')
+    return list(kept.values())
+
+
+def _title(recs: Sequence[Mapping[str, Any]], n_seeds: int) -> str:
+    rec = recs[0]
     data = rec.get('data', {})
     incomplete = '' if rec['epochs_completed'] == rec['epochs'] else f' (planned {rec["epochs"]})'
     dataset = data.get('dataset', _ARCHIVE)
@@ -103,7 +122,12 @@ def _title(rec: Mapping[str, Any], n_seeds: int) -> str:
     return (f'{dataset} (IF {data.get("imbalance", 0):g}, {data.get("train_size")} training images, largest class '
             f'{data.get("train_per_class_max")}; {data.get("test_size")} test images), {model}, '
             f'{rec["epochs_completed"]} epochs{incomplete}, seeds {n_seeds}, {rec.get("device_name", "?")}, '
-            f'commit {rec.get("git_commit", "?")} - scale: `{effective_scale(rec)}`')
+            f'{_commits(recs)} - scale: `{effective_scale(rec)}`')
+
+
+def _commits(recs: Sequence[Mapping[str, Any]]) -> str:
+    commits = list(dict.fromkeys(r.get('git_commit', '?') for r in recs))
+    return ('commit ' if len(commits) == 1 else 'commits ') + ', '.join(commits)
 
 
 def _table(records: Sequence[Mapping[str, Any]]) -> List[str]:
@@ -163,13 +187,13 @@ def render(records: Sequence[Mapping[str, Any]], benchmark: bool = False) -> str
                 f'of the full 200-epoch protocol ({"; ".join(bad)}). Render them without --benchmark, labelled as '
                 f'what they are.')
     settings: Dict[Tuple, List[Mapping[str, Any]]] = {}
-    for rec in records:
+    for rec in merge_repeats(records):
         settings.setdefault(_setting(rec), []).append(rec)
     out = []
     for key in sorted(settings, key=lambda k: (k[0] != 'full', str(k))):
         recs = settings[key]
         n_seeds = len({r['seed'] for r in recs})
-        out += [f'**{_title(recs[0], n_seeds)}**', '', scale_note(effective_scale(recs[0])), '']
+        out += [f'**{_title(recs, n_seeds)}**', '', scale_note(effective_scale(recs[0])), '']
         out += _table(recs)
         out += ['', 'Accuracies in %, mean ± standard deviation over seeds (one value: one seed). Head / medium / '
                     'tail: classes 0-2 / 3-6 / 7-9; many / medium / few-shot: > 100, 20-100, < 20 training images. '
@@ -190,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         text = render(load_records(args.results), benchmark=args.benchmark)
-    except NotBenchmarkError as e:
+    except ValueError as e:  # NotBenchmarkError included
         print(f'error: {e}', file=sys.stderr)
         return 2
     if args.out:

@@ -422,3 +422,24 @@ def test_normalization_from_the_model_except_for_the_cifar_archive():
     assert {k: normalization('resnet32_camc_lt', cifar=False)[k] for k in cifar} == cifar
     with pytest.raises(SystemExit):
         ablation.main(['--model', 'resnet32', '--device', 'cpu'])  # not a CAMC model: the rows' head options
+
+
+def test_report_merges_a_repeated_run_and_refuses_a_disagreeing_one(tmp_path):
+    """A (row, seed) run repeated in a second result file is one measurement when its results agree (the ablation is
+    deterministic on one machine); one that disagrees cannot be merged into a cell."""
+    path = BENCHMARKS / 'results' / 'ablation_cpu_issue12_screen_e24.json'
+    records = ablation_report.load_records([str(path)])
+    repeat = [dict(r, git_commit='abc1234') for r in records if r['row'] == 'la_cosine']
+    merged = ablation_report.render(records + repeat)
+    assert merged == ablation_report.render(records)
+    assert '| 0,1 |' in merged and '0,0' not in merged
+    other = dict(repeat[0], top1=repeat[0]['top1'] + 0.01)
+    with pytest.raises(ValueError, match='la_cosine seed 0 was run twice with different results'):
+        ablation_report.render(records + [other])
+    two_files = tmp_path / 'repeat.json'
+    two_files.write_text(json.dumps(dict(records=[dict(r, git_commit='abc1234') for r in records[:1]])))
+    text = ablation_report.render(ablation_report.load_records([str(two_files), str(path)]))
+    assert 'commits abc1234, ' in text
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps(dict(records=[other])))
+    assert ablation_report.main([str(path), str(bad)]) == 2

@@ -516,7 +516,7 @@ def test_out_folder_config_card_and_local_dir_load(publisher, run, capsys, caplo
     assert config['num_features'] == 64 and config['label_names'] == CLASSES
     assert config['model_args'] == dict(
         num_classes=10, camc='global', norm_classifier=True, cosine_scale=16.0, learn_scale=False, proto_momentum=0.9,
-        camc_topk=32, nonneg_map=False, aux_weight=0.5, in_chans=3, global_pool='avg')
+        camc_topk=32, nonneg_map=False, balanced_q=False, aux_weight=0.5, in_chans=3, global_pool='avg')
     cfg = config['pretrained_cfg']
     assert cfg['tag'] == 'cifar10_lt_r100' and cfg['input_size'] == [3, 32, 32] and cfg['classifier'] == 'head.fc'
     assert cfg['mean'] == [0.4914, 0.4822, 0.4465] and 'hf_hub_id' not in cfg

@@ -106,9 +106,10 @@ class _Calibration(nn.Module):
         self.kernel_size = kernel_size
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, **dd)
         self.register_buffer('prototypes', torch.zeros(num_classes, num_features, **dd))
-        # float32 whatever the model's dtype: counts are integers far beyond what bf16 holds
+        # at least float32 whatever the model's dtype: counts are integers far beyond what bf16 holds
+        count_dtype = torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
         self.register_buffer(
-            'label_counts', torch.zeros(num_classes, device=device, dtype=torch.float32), persistent=balanced_q)
+            'label_counts', torch.zeros(num_classes, device=device, dtype=count_dtype), persistent=balanced_q)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -51,6 +51,11 @@ def _standardise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (x - mean) / (std + eps)
 
 
+def _same_class(target: torch.Tensor) -> torch.Tensor:
+    """B x B boolean matrix: ``[i, j]`` is True where samples i and j have the same label (the diagonal included)."""
+    return target.unsqueeze(0) == target.unsqueeze(1)
+
+
 class _Calibration(nn.Module):
     """Shared parts of the calibrations: the map conv ``phi`` and the class prototypes.
 
@@ -161,7 +166,7 @@ class _Calibration(nn.Module):
             dist.all_gather_into_tensor(all_feats, feats.contiguous())
             dist.all_gather_into_tensor(all_target, target.contiguous())
             feats, target = all_feats, all_target
-        same = (target.unsqueeze(0) == target.unsqueeze(1)).to(feats.dtype)  # B x B, same class
+        same = _same_class(target).to(feats.dtype)
         class_means = (same @ feats) / same.sum(1, keepdim=True)  # each sample's class mean in the batch
         updated = self.momentum * self.prototypes[target] + (1. - self.momentum) * class_means
         self.prototypes.index_copy_(0, target, updated)  # rows of one class are identical: duplicates agree
@@ -253,7 +258,7 @@ class BatchCalibration(GlobalCalibration):
         if target is None:
             return v
         itself = torch.eye(target.shape[0], dtype=torch.bool, device=target.device)
-        others = ((target.unsqueeze(0) == target.unsqueeze(1)) & ~itself).to(v.dtype)
+        others = (_same_class(target) & ~itself).to(v.dtype)
         count = others.sum(1, keepdim=True)
         peers = (others @ l2_normalize(pooled, dim=-1).to(v.dtype)) / count.clamp_min(1.)
         return torch.where(count > 0, peers, v)

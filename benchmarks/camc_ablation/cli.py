@@ -102,8 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     fit plans (``{}`` for ``--list-rows``)."""
     args = parser.parse_args(argv)
     if args.list_rows:
+        width = max(len(row.name) for row in ROWS)
         for row in ROWS:
-            print(f'{row.name:<22} tier {row.tier}  {row.classifier:<12} {row.loss:<15} {row.label}')
+            print(f'{row.name:<{width}} tier {row.tier}  {row.classifier:<12} {row.loss:<15} {row.label}')
         return {}
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
     start = budget.now()

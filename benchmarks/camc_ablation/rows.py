@@ -86,6 +86,10 @@ ROWS: Tuple[Row, ...] = (
         dict(_camc('global'), nonneg_map=True, aux_weight=1.), 'logit_adjusted', _LA, tier=3, baseline='la_cosine'),
     Row('camc_global_la_warm25', 'CAMC global (B), calibrating after a warm-up of 25 % of the epochs, + LA',
         _camc('global'), 'logit_adjusted', _LA, calib_warmup=0.25, tier=3, baseline='la_cosine'),
+    # the three levers that gained on both screen seeds, together
+    Row('camc_nonneg_la_aux1_warm25', 'CAMC global (B), non-negative map conv, auxiliary weight 1, warm-up 25 %, + LA',
+        dict(_camc('global'), nonneg_map=True, aux_weight=1.), 'logit_adjusted', _LA, calib_warmup=0.25, tier=3,
+        baseline='la_cosine'),
     Row('camc_batch_la', 'CAMC batch (D: correlation across the batch in training) + logit-adjusted CE',
         _camc('batch'), 'logit_adjusted', _LA, tier=3, baseline='la_cosine'),
     Row('camc_global_bq', 'CAMC global (B), maps from the balanced (logit-adjusted) prediction, plain CE',

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Markdown tables of CIFAR-10-LT ablation results (the JSON files of ``benchmarks/ablation.py``).
+"""Markdown tables of CAMC ablation results (the JSON files of ``benchmarks/ablation.py``, CIFAR-10-LT or any
+``--data-dir`` dataset).
 
 One table per setting (scale, epochs, data), rows in the order of the ablation's row table, every accuracy the mean
 +- sample standard deviation over seeds, and for each CAMC row the paired per-seed difference of top-1 to its plain

@@ -24,9 +24,10 @@ SCALE_NOTES = {
             'balanced test split.',
     'reduced': '**Not the benchmark result.** Reduced-scale GPU run (fewer epochs, images or runs than the '
                'protocol); not comparable to 200-epoch numbers.',
-    'cpu-short-schedule': '**Not the 200-epoch benchmark. CPU scale:** the full CIFAR-10-LT training set and test '
-                          'split and the LDAM-DRW recipe, with its schedule scaled to the epochs in the title (warm-up, '
-                          'then x0.01 at 80 % and x0.0001 at 90 % of them). Compare rows within this table only.',
+    'cpu-short-schedule': '**Not the 200-epoch benchmark. CPU scale:** the full long-tailed training set (largest '
+                          'class 5000) and test split of the dataset in the title and the LDAM-DRW recipe, with its '
+                          'schedule scaled to the epochs in the title (warm-up, then x0.01 at 80 % and x0.0001 at '
+                          '90 % of them). Compare rows within this table only.',
     'cpu-reduced': '**Not the benchmark result.** Reduced-scale CPU run (a subset of the images, a short '
                    'schedule): a smoke test of the pipeline on real data, too short and too noisy to rank methods.',
     'cpu-dry-run': '**Not the benchmark result. CPU dry run**: checks that the pipeline runs end to end and writes '
@@ -62,8 +63,9 @@ def load_records(paths: Sequence[str]) -> List[Dict[str, Any]]:
 
 
 def effective_scale(rec: Mapping[str, Any]) -> str:
-    """The record's scale; CPU runs on the full data and test split with a shorter schedule, which ablation.py
-    before this distinction recorded as 'cpu-reduced', are 'cpu-short-schedule'."""
+    """The record's scale; CPU runs on the full long-tailed profile and test split with a shorter schedule, which
+    ablation.py recorded as 'cpu-reduced' before this distinction (CIFAR-10-LT) and before it applied to
+    ``--data-dir`` datasets, are 'cpu-short-schedule'."""
     data = rec.get('data', {})
     full_data = data.get('train_per_class_max') == 5000 and data.get('test_per_class') == 1000 \
         and data.get('lt_seed') == 0
@@ -122,7 +124,8 @@ def _title(recs: Sequence[Mapping[str, Any]], n_seeds: int) -> str:
         model += f' at {data["img_size"]} x {data["img_size"]}'
     return (f'{dataset} (IF {data.get("imbalance", 0):g}, {data.get("train_size")} training images, largest class '
             f'{data.get("train_per_class_max")}; {data.get("test_size")} test images), {model}, '
-            f'{rec["epochs_completed"]} epochs{incomplete}, seeds {n_seeds}, {rec.get("device_name", "?")}, '
+            f'{rec["epochs_completed"]} epochs{incomplete}, {n_seeds} seed{"s" if n_seeds > 1 else ""}, '
+            f'{rec.get("device_name", "?")}, '
             f'{_commits(recs)} - scale: `{effective_scale(rec)}`')
 
 

@@ -206,6 +206,11 @@ def test_scale_labels():
     assert ablation.scale_label('cpu', 15, 15, dict(full, train_per_class_max=500), cfg) == 'cpu-reduced'
     assert ablation.scale_label('cpu', 24, 24, full, cfg) == 'cpu-short-schedule'
     assert ablation.scale_label('cpu', 24, 10, full, cfg) == 'cpu-reduced'  # stopped early
+    # a --data-dir dataset with the full long-tailed profile: a short schedule of its own, never the CIFAR benchmark
+    other = dict(full, num_classes=10, img_size=28)
+    assert ablation.scale_label('cpu', 24, 24, other, cfg) == 'cpu-short-schedule'
+    assert ablation.scale_label('cuda', 200, 200, other, cfg) == 'reduced'
+    assert ablation.scale_label('cuda', 200, 200, dict(full, num_classes=100, img_size=32), cfg) == 'reduced'
 
 
 def test_report_lists_paired_differences_per_seed_and_relabels_old_cpu_records():

@@ -26,23 +26,25 @@ __all__ = ['scale_label', 'device_name', 'environment', 'make_record', 'measure_
 
 def scale_label(device_type: str, epochs_planned: int, epochs_completed: int, data: Mapping[str, Any],
                 cfg: TrainConfig, measure: bool = False) -> str:
-    """'full' only for the whole protocol: full data (10 classes at 32 x 32), the benchmark recipe and model, 200
-    planned and completed epochs.
+    """'full' only for the whole protocol: CIFAR-10-LT (10 classes at 32 x 32) with the full profile, the benchmark
+    recipe and model, 200 planned and completed epochs.
     Otherwise 'measure', 'cpu-dry-run' (CPU, < 5 epochs or < 100 images in the largest class),
-    'cpu-short-schedule' (CPU, the full data and recipe with fewer epochs), 'cpu-reduced' or 'reduced'."""
+    'cpu-short-schedule' (CPU, the full long-tailed profile of the dataset - CIFAR-10-LT or a ``--data-dir`` tree -
+    and the recipe, with fewer epochs), 'cpu-reduced' or 'reduced'."""
     if measure:
         return 'measure'
     recipe = all(getattr(cfg, k) == v for k, v in BENCHMARK_RECIPE.items()) and cfg.model == DEFAULT_MODEL
+    # the full long-tailed profile: largest class 5000, 1000 test images per class, the fixed subset seed
+    profile = (data['train_per_class_max'] == FULL_TRAIN_PER_CLASS and data['test_per_class'] == FULL_TEST_PER_CLASS
+               and data['lt_seed'] == 0)
     # CIFAR-10's setting (records and callers from before --data-dir / --img-size state no classes or size)
-    setting = data.get('num_classes', CIFAR10_CLASSES) == CIFAR10_CLASSES and data.get('img_size', IMG_SIZE) == IMG_SIZE
-    full_data = (setting and data['train_per_class_max'] == FULL_TRAIN_PER_CLASS
-                 and data['test_per_class'] == FULL_TEST_PER_CLASS and data['lt_seed'] == 0)
-    if recipe and full_data and epochs_planned == epochs_completed == FULL_EPOCHS:
+    cifar = data.get('num_classes', CIFAR10_CLASSES) == CIFAR10_CLASSES and data.get('img_size', IMG_SIZE) == IMG_SIZE
+    if recipe and cifar and profile and epochs_planned == epochs_completed == FULL_EPOCHS:
         return 'full'
     if device_type == 'cpu':
         if epochs_completed < 5 or data['train_per_class_max'] < 100:
             return 'cpu-dry-run'
-        return 'cpu-short-schedule' if recipe and full_data and epochs_planned == epochs_completed else 'cpu-reduced'
+        return 'cpu-short-schedule' if recipe and profile and epochs_planned == epochs_completed else 'cpu-reduced'
     return 'reduced'
 
 

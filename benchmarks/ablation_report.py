@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from camc_ablation.protocol import DEFAULT_MODEL, IMG_SIZE, full_profile
+
 __all__ = ['SCALE_NOTES', 'NotBenchmarkError', 'scale_note', 'load_records', 'merge_repeats', 'render', 'main']
 
 SCALE_NOTES = {
@@ -66,22 +68,21 @@ def effective_scale(rec: Mapping[str, Any]) -> str:
     """The record's scale; CPU runs on the full long-tailed profile and test split with a shorter schedule, which
     ablation.py recorded as 'cpu-reduced' before this distinction (CIFAR-10-LT) and before it applied to
     ``--data-dir`` datasets, are 'cpu-short-schedule'."""
-    data = rec.get('data', {})
-    full_data = data.get('train_per_class_max') == 5000 and data.get('test_per_class') == 1000 \
-        and data.get('lt_seed') == 0
-    if rec['scale'] == 'cpu-reduced' and full_data and rec['epochs_completed'] == rec['epochs'] >= 5:
+    complete = rec['epochs_completed'] == rec['epochs'] >= 5
+    if rec['scale'] == 'cpu-reduced' and full_profile(rec.get('data', {})) and complete:
         return 'cpu-short-schedule'
     return rec['scale']
 
 
 # what records from before --data-dir / --model / --img-size ran on: the CIFAR-10 archive, ResNet-32 at 32 x 32
-_ARCHIVE, _MODEL = 'cifar10-jpeg.tar.gz', 'resnet32_camc_lt'
+_ARCHIVE = 'cifar10-jpeg.tar.gz'
 
 
 def _setting(rec: Mapping[str, Any]) -> Tuple:
     data = rec.get('data', {})
     return (effective_scale(rec), rec['epochs'], data.get('train_per_class_max'), data.get('imbalance'),
-            data.get('test_per_class'), data.get('dataset', _ARCHIVE), rec.get('model', _MODEL), data.get('img_size', 32))
+            data.get('test_per_class'), data.get('dataset', _ARCHIVE), rec.get('model', DEFAULT_MODEL),
+            data.get('img_size', IMG_SIZE))
 
 
 def _fmt(values: Sequence[float], signed: bool = False) -> str:
@@ -119,8 +120,8 @@ def _title(recs: Sequence[Mapping[str, Any]], n_seeds: int) -> str:
     incomplete = '' if rec['epochs_completed'] == rec['epochs'] else f' (planned {rec["epochs"]})'
     dataset = data.get('dataset', _ARCHIVE)
     dataset = 'CIFAR-10-LT' if dataset == _ARCHIVE else f'{dataset} (long-tailed)'
-    model = 'ResNet-32' if rec.get('model', _MODEL) == _MODEL else rec['model']
-    if data.get('img_size', 32) != 32:
+    model = 'ResNet-32' if rec.get('model', DEFAULT_MODEL) == DEFAULT_MODEL else rec['model']
+    if data.get('img_size', IMG_SIZE) != IMG_SIZE:
         model += f' at {data["img_size"]} x {data["img_size"]}'
     return (f'{dataset} (IF {data.get("imbalance", 0):g}, {data.get("train_size")} training images, largest class '
             f'{data.get("train_per_class_max")}; {data.get("test_size")} test images), {model}, '

@@ -15,9 +15,7 @@ from bench_utils import cpu_model, git
 from timm_camc.data.in_memory import PAD_CROP_PADDING
 
 from . import budget
-from .protocol import (
-    BENCHMARK_RECIPE, CIFAR10_CLASSES, DEFAULT_MODEL, FULL_EPOCHS, FULL_TEST_PER_CLASS, FULL_TRAIN_PER_CLASS, IMG_SIZE,
-    REPO)
+from .protocol import BENCHMARK_RECIPE, CIFAR10_CLASSES, DEFAULT_MODEL, FULL_EPOCHS, IMG_SIZE, REPO, full_profile
 from .rows import ROW_INDEX
 from .trainer import RunTrainer, TrainConfig
 
@@ -34,9 +32,7 @@ def scale_label(device_type: str, epochs_planned: int, epochs_completed: int, da
     if measure:
         return 'measure'
     recipe = all(getattr(cfg, k) == v for k, v in BENCHMARK_RECIPE.items()) and cfg.model == DEFAULT_MODEL
-    # the full long-tailed profile: largest class 5000, 1000 test images per class, the fixed subset seed
-    profile = (data['train_per_class_max'] == FULL_TRAIN_PER_CLASS and data['test_per_class'] == FULL_TEST_PER_CLASS
-               and data['lt_seed'] == 0)
+    profile = full_profile(data)
     # CIFAR-10's setting (records and callers from before --data-dir / --img-size state no classes or size)
     cifar = data.get('num_classes', CIFAR10_CLASSES) == CIFAR10_CLASSES and data.get('img_size', IMG_SIZE) == IMG_SIZE
     if recipe and cifar and profile and epochs_planned == epochs_completed == FULL_EPOCHS:
